@@ -1,0 +1,141 @@
+//! A host-memory implementation of [`MmOps`] for tests, benchmarks and the
+//! fuzzer: table pages live in a vector, TLB operations are recorded.
+
+extern crate std;
+
+use std::vec;
+use std::vec::Vec;
+
+use crate::addr::{PAGE_SHIFT, PhysAddr};
+use crate::desc::{ENTRIES, Pte};
+use crate::mem::{MmOps, TlbOp};
+
+/// Pattern written over freed pages so that a walk through one is caught.
+const POISON: u64 = 0xdead_0000_dead_0000;
+
+/// Table memory of `pages` pages starting at a physical base address.
+#[derive(Clone)]
+pub struct Arena {
+    base: u64,
+    words: Vec<u64>,
+    counts: Vec<u32>,
+    free: Vec<bool>,
+    /// Free pages in allocation order (a stack: the next page is the last).
+    free_list: Vec<u32>,
+    /// Every TLB operation performed, in order, while `record_tlb` is set.
+    pub tlb_log: Vec<TlbOp>,
+    /// Whether to record TLB operations (off for benchmarks).
+    pub record_tlb: bool,
+    /// Data pages zeroed through [`MmOps::zero_page`], in order.
+    pub zeroed: Vec<PhysAddr>,
+}
+
+impl Arena {
+    /// An arena of `pages` free pages at physical address `base`.
+    #[must_use]
+    pub fn new(base: PhysAddr, pages: usize) -> Self {
+        Arena {
+            base: base.raw(),
+            words: vec![0; pages * ENTRIES],
+            counts: vec![0; pages],
+            free: vec![true; pages],
+            free_list: (0..pages as u32).rev().collect(),
+            tlb_log: Vec::new(),
+            record_tlb: true,
+            zeroed: Vec::new(),
+        }
+    }
+
+    fn page_index(&self, pa: PhysAddr) -> usize {
+        let off = pa.raw().checked_sub(self.base).expect("address below the arena");
+        (off >> PAGE_SHIFT) as usize
+    }
+
+    /// `n` contiguous zeroed pages aligned to `n` pages (for a concatenated
+    /// stage-2 root), or `None`.
+    pub fn alloc_contiguous(&mut self, n: usize) -> Option<PhysAddr> {
+        let first = (0..self.free.len())
+            .step_by(n)
+            .find(|&i| i + n <= self.free.len() && self.free[i..i + n].iter().all(|&f| f))?;
+        for i in first..first + n {
+            self.free[i] = false;
+            self.words[i * ENTRIES..(i + 1) * ENTRIES].fill(0);
+        }
+        self.free_list.retain(|&p| !(first..first + n).contains(&(p as usize)));
+        Some(PhysAddr::new(self.base + ((first as u64) << PAGE_SHIFT)))
+    }
+
+    /// Pages currently free.
+    #[must_use]
+    pub fn free_pages(&self) -> usize {
+        self.free_list.len()
+    }
+
+    /// Whether `page` is free (in the page source).
+    #[must_use]
+    pub fn is_free(&self, page: PhysAddr) -> bool {
+        self.free[self.page_index(page)]
+    }
+
+    /// Whether `pa` lies inside the arena.
+    #[must_use]
+    pub fn contains(&self, pa: PhysAddr) -> bool {
+        pa.raw() >= self.base && pa.raw() < self.base + ((self.free.len() as u64) << PAGE_SHIFT)
+    }
+
+    /// A copy of every word of table memory, for byte-for-byte comparisons.
+    #[must_use]
+    pub fn snapshot(&self) -> (Vec<u64>, Vec<u32>) {
+        (self.words.clone(), self.counts.clone())
+    }
+}
+
+impl MmOps for Arena {
+    fn read(&self, table: PhysAddr, index: usize) -> Pte {
+        Pte(self.words[self.page_index(table) * ENTRIES + index])
+    }
+
+    fn write(&mut self, table: PhysAddr, index: usize, pte: Pte) {
+        let i = self.page_index(table) * ENTRIES + index;
+        self.words[i] = pte.0;
+    }
+
+    fn page_count(&self, page: PhysAddr) -> u32 {
+        self.counts[self.page_index(page)]
+    }
+
+    fn set_page_count(&mut self, page: PhysAddr, count: u32) {
+        let i = self.page_index(page);
+        self.counts[i] = count;
+    }
+
+    fn alloc_page(&mut self) -> Option<PhysAddr> {
+        let i = self.free_list.pop()? as usize;
+        self.free[i] = false;
+        self.words[i * ENTRIES..(i + 1) * ENTRIES].fill(0);
+        Some(PhysAddr::new(self.base + ((i as u64) << PAGE_SHIFT)))
+    }
+
+    fn free_page(&mut self, page: PhysAddr) {
+        let i = self.page_index(page);
+        assert!(!self.free[i], "double free of {page}");
+        self.free[i] = true;
+        self.counts[i] = 0;
+        self.words[i * ENTRIES..(i + 1) * ENTRIES].fill(POISON);
+        self.free_list.push(i as u32);
+    }
+
+    fn tlb(&mut self, op: TlbOp) {
+        if self.record_tlb {
+            self.tlb_log.push(op);
+        }
+    }
+
+    fn zero_page(&mut self, page: PhysAddr) {
+        if self.contains(page) {
+            let i = self.page_index(page);
+            self.words[i * ENTRIES..(i + 1) * ENTRIES].fill(0);
+        }
+        self.zeroed.push(page);
+    }
+}
