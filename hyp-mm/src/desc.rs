@@ -352,6 +352,18 @@ impl Pte {
         if new.prot().contains(self.prot()) { Change::Relax } else { Change::Restrict }
     }
 
+    /// For a valid leaf, the page-level leaf for the page `offset` bytes
+    /// into it (same attributes); an invalid entry is returned unchanged.
+    #[must_use]
+    pub const fn page_at(self, offset: u64) -> Pte {
+        if !self.is_valid() {
+            return self;
+        }
+        let attrs = self.0 & !(OA_MASK | VALID | TABLE_OR_PAGE);
+        let pa = (self.addr().raw() + offset) & !(crate::addr::PAGE_SIZE - 1);
+        Pte(attrs | TABLE_OR_PAGE | VALID | pa)
+    }
+
     /// The entry that `self` (a block or annotation at `level`) becomes at
     /// `level + 1`, index `index`, when it is split into a table.
     #[must_use]

@@ -185,6 +185,56 @@ impl Stage2 {
         walk(mem, self.geometry, self.root, range, flags, visitor)
     }
 
+    /// Calls `f` with the first IPA, level and value of every leaf (valid,
+    /// annotated or zero) that meets `range`, in address order, without
+    /// changing anything; stops at the first error `f` returns.
+    pub fn leaves<M: MmOps, F: FnMut(Ipa, u8, Pte) -> Result<()>>(
+        &self,
+        mem: &M,
+        range: IpaRange,
+        f: &mut F,
+    ) -> Result<()> {
+        self.check_range(range)?;
+        self.leaves_at(mem, range, self.root, self.geometry.start_level(), 0, f)
+    }
+
+    fn leaves_at<M: MmOps, F: FnMut(Ipa, u8, Pte) -> Result<()>>(
+        &self,
+        mem: &M,
+        range: IpaRange,
+        table: PhysAddr,
+        level: u8,
+        base: u64,
+        f: &mut F,
+    ) -> Result<()> {
+        for (index, ipa) in entries_in(self.geometry, level, base, range) {
+            let pte = mem.read(table, index);
+            if pte.is_table(level) {
+                self.leaves_at(mem, range, pte.addr(), level + 1, ipa, f)?;
+            } else {
+                f(Ipa::new(ipa), level, pte)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first non-zero leaf at or after `from` that starts before `end`:
+    /// its first IPA, level and value. Zero entries are skipped whole, so
+    /// stepping through a sparse table this way costs what it holds.
+    pub fn next_leaf<M: MmOps>(&self, mem: &M, from: Ipa, end: Ipa) -> Option<(Ipa, u8, Pte)> {
+        let size = end.raw().checked_sub(from.raw())?;
+        let range = IpaRange::new(from, size)?;
+        let mut found = None;
+        let _ = self.leaves(mem, range, &mut |ipa, level, pte| {
+            if pte.is_zero() {
+                return Ok(());
+            }
+            found = Some((ipa, level, pte));
+            Err(Error::Exists)
+        });
+        found
+    }
+
     /// The entry that translates `ipa` and its level: a valid leaf, or the
     /// invalid entry (annotated or zero) where the walk ends.
     pub fn get_leaf<M: MmOps>(&self, mem: &M, ipa: Ipa) -> Result<(Pte, u8)> {
@@ -201,6 +251,14 @@ impl Stage2 {
             table = pte.addr();
             level += 1;
         }
+    }
+
+    /// The entry that covers the page at `ipa` as a page-level entry: a
+    /// block is narrowed to the page's part of it, an annotation is returned
+    /// as it is.
+    pub fn page<M: MmOps>(&self, mem: &M, ipa: Ipa) -> Result<Pte> {
+        let (pte, level) = self.get_leaf(mem, ipa)?;
+        Ok(pte.page_at(ipa.raw() & (level_size(level) - 1)))
     }
 
     /// Maps `range` to physical memory from `pa`, with blocks wherever the
