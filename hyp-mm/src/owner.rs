@@ -545,7 +545,7 @@ impl<const N: usize> Ownership<N> {
                 if record.pins != 0 {
                     return Err(Error::Busy);
                 }
-                runs.add(record.owner, record.frame, pa)
+                runs.add(record.owner, record.lent, record.frame, pa)
             }
             PageView::Mapped { state: PageState::Owned, .. } | PageView::Annotated(_) => Ok(()),
             PageView::Mapped { pa, .. } if !self.is_managed(pa) => Ok(()),
@@ -634,8 +634,8 @@ impl<const N: usize> Ownership<N> {
         range: IpaRange,
         pa: PhysAddr,
     ) -> Result<()> {
-        let end = pa.checked_add(range.size()).ok_or(Error::InvalidArgument)?;
-        if end.raw() > self.managed.start().raw() && pa.raw() < self.managed.end().raw() {
+        let phys = pa_range(pa, range.page_count())?;
+        if self.check_managed(phys) != Err(Error::Permission) {
             return Err(Error::Permission);
         }
         let range = self.check_range(who, range.start(), range.page_count())?;
@@ -718,9 +718,7 @@ impl<const N: usize> Ownership<N> {
         }
         let src = if from == OwnerId::DEFAULT {
             let range = pa_range(PhysAddr::new(from_addr), pages)?;
-            if !self.managed.covers(range.start().raw(), range.size()) {
-                return Err(Error::Permission);
-            }
+            self.check_managed(range)?;
             range
         } else {
             self.check_range(from, Ipa::new(from_addr), pages)?
@@ -730,6 +728,20 @@ impl<const N: usize> Ownership<N> {
             return Err(Error::Permission);
         }
         Ok((src, dst))
+    }
+
+    /// `range` (physical) lies in managed memory: a range wholly outside is
+    /// [`Error::Permission`] (device or foreign memory), one straddling its
+    /// edge is malformed.
+    fn check_managed(&self, range: IpaRange) -> Result<()> {
+        let (start, end) = (range.start().raw(), range.end().raw());
+        if self.managed.covers(start, range.size()) {
+            Ok(())
+        } else if end <= self.managed.start().raw() || start >= self.managed.end().raw() {
+            Err(Error::Permission)
+        } else {
+            Err(Error::InvalidArgument)
+        }
     }
 
     /// Every page of `pa..+pages` is managed and free.
@@ -974,7 +986,7 @@ impl<const N: usize> Ownership<N> {
         let mut plan = Plan::new();
         let mut runs = Runs::new();
         for page in 0..range.page_count() {
-            runs.add(record.owner, record.frame + page, pa.add(page * PAGE_SIZE))?;
+            runs.add(record.owner, record.lent, record.frame + page, pa.add(page * PAGE_SIZE))?;
         }
         for run in runs.iter() {
             self.plan_return(mem, &mut plan, run)?;
@@ -991,8 +1003,7 @@ impl<const N: usize> Ownership<N> {
     fn plan_return<M: MmOps>(&self, mem: &M, plan: &mut Plan, run: Run) -> Result<()> {
         let owner_range =
             IpaRange::pages(Ipa::from_frame(run.frame), run.pages).ok_or(Error::InvalidArgument)?;
-        let record = self.record(mem, run.pa)?.ok_or(Error::Permission)?;
-        if record.lent {
+        if run.lent {
             let prot = match self.view(mem, run.owner, owner_range.start())? {
                 PageView::Lent(mark) => mark.prot,
                 _ => return Err(Error::Permission),
@@ -1059,11 +1070,12 @@ fn pa_range(pa: PhysAddr, pages: u64) -> Result<IpaRange> {
     IpaRange::pages(Ipa::new(pa.raw()), pages).ok_or(Error::InvalidArgument)
 }
 
-/// A run of borrowed pages with one owner and contiguous owner frames and
-/// physical pages.
+/// A run of borrowed pages with one owner, all lent or all shared, and
+/// contiguous owner frames and physical pages.
 #[derive(Clone, Copy, Debug)]
 struct Run {
     owner: OwnerId,
+    lent: bool,
     frame: u64,
     pa: PhysAddr,
     pages: u64,
@@ -1080,9 +1092,10 @@ impl Runs {
         Runs { runs: [None; MAX_RUN_STEPS], len: 0 }
     }
 
-    fn add(&mut self, owner: OwnerId, frame: u64, pa: PhysAddr) -> Result<()> {
+    fn add(&mut self, owner: OwnerId, lent: bool, frame: u64, pa: PhysAddr) -> Result<()> {
         if let Some(Some(last)) = self.len.checked_sub(1).map(|i| self.runs[i].as_mut())
             && last.owner == owner
+            && last.lent == lent
             && last.frame + last.pages == frame
             && last.pa.add(last.pages << PAGE_SHIFT) == pa
         {
@@ -1090,7 +1103,7 @@ impl Runs {
             return Ok(());
         }
         let slot = self.runs.get_mut(self.len).ok_or(Error::InvalidArgument)?;
-        *slot = Some(Run { owner, frame, pa, pages: 1 });
+        *slot = Some(Run { owner, lent, frame, pa, pages: 1 });
         self.len += 1;
         Ok(())
     }

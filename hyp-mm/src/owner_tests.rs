@@ -217,7 +217,9 @@ fn hostile_requests_are_refused_and_change_nothing() {
     refused(&mut w, Error::InvalidArgument, |w| w.share(t(G_IPA, V_IPA, 0)));
     // Donate outside managed memory, and a page already given away.
     refused(&mut w, Error::Permission, |w| w.donate(0x900_0000, OTHER, O_IPA, 1));
-    refused(&mut w, Error::Permission, |w| w.donate(POOL_SIZE + POOL - PAGE_SIZE, OTHER, O_IPA, 2));
+    refused(&mut w, Error::InvalidArgument, |w| {
+        w.donate(POOL_SIZE + POOL - PAGE_SIZE, OTHER, O_IPA, 2)
+    });
     refused(&mut w, Error::Permission, |w| w.donate(POOL + PAGE_SIZE, OTHER, O_IPA, 1));
     // Transitions to oneself, to the default owner, to an unknown id.
     refused(&mut w, Error::InvalidArgument, |w| {
@@ -253,4 +255,151 @@ fn device_memory_cannot_change_hands() {
     refused(&mut w, Error::Permission, |w| {
         w.lend(World::transfer(GUEST, 0x900_0000, VMM, V_IPA, 1))
     });
+}
+
+#[test]
+fn unshare_of_a_pinned_page_is_busy_until_unpinned() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 1).unwrap();
+    let t = World::transfer(GUEST, G_IPA, VMM, V_IPA, 1);
+    w.share(t).unwrap();
+    w.own.pin(&mut w.mem, VMM, Ipa::new(V_IPA), 1).unwrap();
+    refused(&mut w, Error::Busy, |w| w.unshare(t));
+    refused(&mut w, Error::Busy, |w| w.relinquish(VMM, V_IPA, 1));
+    refused(&mut w, Error::Permission, |w| w.own.pin(&mut w.mem, GUEST, Ipa::new(G_IPA), 1));
+    w.own.unpin(&mut w.mem, VMM, Ipa::new(V_IPA), 1).unwrap();
+    refused(&mut w, Error::Busy, |w| w.own.unpin(&mut w.mem, VMM, Ipa::new(V_IPA), 1));
+    assert_eq!(w.unshare(t), Ok(()));
+    w.check();
+}
+
+#[test]
+fn pins_saturate_with_busy() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 1).unwrap();
+    w.share(World::transfer(GUEST, G_IPA, VMM, V_IPA, 1)).unwrap();
+    for _ in 0..crate::owner::MAX_PINS {
+        w.own.pin(&mut w.mem, VMM, Ipa::new(V_IPA), 1).unwrap();
+    }
+    refused(&mut w, Error::Busy, |w| w.own.pin(&mut w.mem, VMM, Ipa::new(V_IPA), 1));
+}
+
+#[test]
+fn owner_is_owned_again_only_after_every_borrower_unshares() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 1).unwrap();
+    let to_vmm = World::transfer(GUEST, G_IPA, VMM, V_IPA, 1);
+    let to_other = World::transfer(GUEST, G_IPA, OTHER, O_IPA, 1);
+    w.share(to_vmm).unwrap();
+    w.share(to_other).unwrap();
+    assert_eq!(w.own.record(&w.mem, PhysAddr::new(PA)).unwrap().unwrap().borrowers, 2);
+    w.unshare(to_other).unwrap();
+    assert_eq!(w.state(GUEST, G_IPA), PageState::SharedOwned);
+    w.unshare(to_vmm).unwrap();
+    assert_eq!(w.state(GUEST, G_IPA), PageState::Owned);
+    assert_eq!(w.own.record(&w.mem, PhysAddr::new(PA)).unwrap().unwrap().borrowers, 0);
+    w.check();
+}
+
+#[test]
+fn guest_share_in_place_changes_only_the_software_bits_of_its_leaf() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 1).unwrap();
+    let leaf = |w: &World| w.own.component(GUEST).unwrap().page(&w.mem, Ipa::new(G_IPA)).unwrap();
+    let before = leaf(&w);
+    let t = World::transfer(GUEST, G_IPA, VMM, V_IPA, 1);
+    w.share(t).unwrap();
+    let shared = leaf(&w);
+    assert_eq!(shared.addr(), before.addr(), "same PA");
+    assert_eq!(shared.0 & !(0xf << 55), before.0 & !(0xf << 55), "only bits 58:55 differ");
+    assert_ne!(shared, before);
+    let vmm = w.own.component(VMM).unwrap().page(&w.mem, Ipa::new(V_IPA)).unwrap();
+    assert_eq!(vmm.addr(), PhysAddr::new(PA), "the borrower sees the same page");
+    w.unshare(t).unwrap();
+    assert_eq!(leaf(&w), before, "unshare restores the exact leaf");
+    assert!(w.own.component(VMM).unwrap().page(&w.mem, Ipa::new(V_IPA)).unwrap().is_zero());
+}
+
+#[test]
+fn lent_pages_cannot_be_reclaimed_until_the_borrower_relinquishes() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 1).unwrap();
+    w.lend(World::transfer(GUEST, G_IPA, VMM, V_IPA, 1)).unwrap();
+    w.own.start_teardown(GUEST).unwrap();
+    refused(&mut w, Error::Busy, |w| w.reclaim(GUEST, G_IPA, 1));
+    w.relinquish(VMM, V_IPA, 1).unwrap();
+    assert_eq!(w.state(GUEST, G_IPA), PageState::Owned, "the lender has its page back");
+    assert_eq!(w.reclaim(GUEST, G_IPA, 1), Ok(()));
+    assert_eq!(w.state(OwnerId::DEFAULT, PA), PageState::Owned);
+    w.check();
+}
+
+#[test]
+fn reclaim_of_a_dying_borrower_returns_borrowed_pages_to_their_owner() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 2).unwrap();
+    w.share(World::transfer(GUEST, G_IPA, VMM, V_IPA, 1)).unwrap();
+    w.lend(World::transfer(GUEST, G_IPA + PAGE_SIZE, VMM, V_IPA + PAGE_SIZE, 1)).unwrap();
+    w.own.start_teardown(VMM).unwrap();
+    let zeroed = w.mem.zeroed.len();
+    assert_eq!(w.reclaim(VMM, 0, 1 << 28), Ok(()));
+    assert_eq!(w.mem.zeroed.len(), zeroed, "borrowed pages are not the borrower's to zero");
+    assert_eq!(w.state(GUEST, G_IPA), PageState::Owned);
+    assert_eq!(w.state(GUEST, G_IPA + PAGE_SIZE), PageState::Owned);
+    w.check();
+}
+
+#[test]
+fn teardown_returns_every_table_page_and_every_donated_page() {
+    let mut w = World::new();
+    let baseline = (w.mem.free_pages(), w.cache.len());
+    // 2 MiB as a block, 64 scattered pages, and a shared page.
+    w.donate(POOL + (2 << 20), GUEST, 0x4000_0000, 512).unwrap();
+    for i in 0..64 {
+        w.donate(POOL + i * PAGE_SIZE, GUEST, 0x8000_0000 + i * 0x10_0000, 1).unwrap();
+    }
+    w.share(World::transfer(GUEST, 0x8000_0000, VMM, V_IPA, 1)).unwrap();
+    w.check();
+    w.own.start_teardown(GUEST).unwrap();
+    refused(&mut w, Error::Busy, |w| w.reclaim(GUEST, 0, 1 << 28));
+    w.relinquish(VMM, V_IPA, 1).unwrap();
+    let zeroed = w.mem.zeroed.len();
+    assert_eq!(w.reclaim(GUEST, 0, 1 << 28), Ok(()));
+    assert_eq!(w.mem.zeroed.len() - zeroed, 512 + 64, "every donated page zeroed once");
+    for i in 0..(POOL_SIZE / PAGE_SIZE) {
+        assert_eq!(w.state(OwnerId::DEFAULT, POOL + i * PAGE_SIZE), PageState::Owned);
+    }
+    w.check();
+    let guest = w.own.remove_component(&mut w.mem, GUEST).unwrap();
+    let root_pages = guest.geometry().root_pages();
+    guest.destroy(&mut w.mem);
+    let used_by_cache = baseline.1 - w.cache.len();
+    assert_eq!(
+        w.mem.free_pages(),
+        baseline.0 + root_pages + used_by_cache,
+        "every table page is back in the page source"
+    );
+}
+
+#[test]
+fn remove_component_refuses_a_live_or_non_empty_component() {
+    let mut w = World::new();
+    w.donate(PA, GUEST, G_IPA, 1).unwrap();
+    assert!(matches!(w.own.remove_component(&mut w.mem, GUEST), Err(Error::InvalidArgument)));
+    w.own.start_teardown(GUEST).unwrap();
+    assert!(matches!(w.own.remove_component(&mut w.mem, GUEST), Err(Error::Busy)));
+}
+
+#[test]
+fn out_of_memory_is_reported_before_anything_changes() {
+    let mut w = World::new();
+    w.cache.drain(&mut w.mem);
+    refused(&mut w, Error::OutOfMemory, |w| w.donate(PA, GUEST, G_IPA, 1));
+    w.cache.topup(&mut w.mem, 1).unwrap();
+    refused(&mut w, Error::OutOfMemory, |w| w.donate(PA, GUEST, G_IPA, 1));
+    // Two tables in the guest (L2, L3) and two in the ledger.
+    w.cache.topup(&mut w.mem, 4).unwrap();
+    assert_eq!(w.donate(PA, GUEST, G_IPA, 1), Ok(()));
+    assert_eq!(w.cache.len(), 0);
+    w.check();
 }
