@@ -359,9 +359,17 @@ impl Pte {
         if !self.is_valid() {
             return self;
         }
-        let attrs = self.0 & !(OA_MASK | VALID | TABLE_OR_PAGE);
         let pa = (self.addr().raw() + offset) & !(crate::addr::PAGE_SIZE - 1);
-        Pte(attrs | TABLE_OR_PAGE | VALID | pa)
+        self.moved(LAST_LEVEL, PhysAddr::new(pa))
+    }
+
+    /// The same leaf attributes mapping `pa` at `level` (a block at levels
+    /// 1 and 2, a page at level 3).
+    #[must_use]
+    #[inline]
+    pub const fn moved(self, level: u8, pa: PhysAddr) -> Pte {
+        let kind = if level == LAST_LEVEL { TABLE_OR_PAGE | VALID } else { VALID };
+        Pte((self.0 & !(OA_MASK | VALID | TABLE_OR_PAGE)) | kind | (pa.raw() & OA_MASK))
     }
 
     /// The entry that `self` (a block or annotation at `level`) becomes at
@@ -372,10 +380,7 @@ impl Pte {
             return self;
         }
         let child = level + 1;
-        let pa = PhysAddr::new(self.addr().raw() + index as u64 * level_size(child));
-        let kind = if child == LAST_LEVEL { TABLE_OR_PAGE | VALID } else { VALID };
-        let attrs = self.0 & !(OA_MASK | VALID | TABLE_OR_PAGE);
-        Pte(attrs | kind | pa.raw())
+        self.moved(child, PhysAddr::new(self.addr().raw() + index as u64 * level_size(child)))
     }
 }
 

@@ -26,6 +26,10 @@ pub struct Arena {
     pub tlb_log: Vec<TlbOp>,
     /// Whether to record TLB operations (off for benchmarks).
     pub record_tlb: bool,
+    /// Whether freed pages are filled with a poison pattern, so that a walk
+    /// through a freed table is caught (on by default; benchmarks turn it
+    /// off, as a real page source does not write freed pages).
+    pub poison_freed: bool,
     /// Data pages zeroed through [`MmOps::zero_page`], in order.
     pub zeroed: Vec<PhysAddr>,
 }
@@ -42,13 +46,22 @@ impl Arena {
             free_list: (0..pages as u32).rev().collect(),
             tlb_log: Vec::new(),
             record_tlb: true,
+            poison_freed: true,
             zeroed: Vec::new(),
         }
     }
 
+    /// Index of `pa`'s page; an address below the arena wraps to an index
+    /// past its end, which the slice bounds check catches.
+    #[inline]
     fn page_index(&self, pa: PhysAddr) -> usize {
-        let off = pa.raw().checked_sub(self.base).expect("address below the arena");
-        (off >> PAGE_SHIFT) as usize
+        (pa.raw().wrapping_sub(self.base) >> PAGE_SHIFT) as usize
+    }
+
+    /// Index of entry `index` of the table at `table` in `words`.
+    #[inline]
+    fn word_index(&self, table: PhysAddr, index: usize) -> usize {
+        (table.raw().wrapping_sub(self.base) >> 3) as usize + index
     }
 
     /// `n` contiguous zeroed pages aligned to `n` pages (for a concatenated
@@ -91,19 +104,23 @@ impl Arena {
 }
 
 impl MmOps for Arena {
+    #[inline]
     fn read(&self, table: PhysAddr, index: usize) -> Pte {
-        Pte(self.words[self.page_index(table) * ENTRIES + index])
+        Pte(self.words[self.word_index(table, index)])
     }
 
+    #[inline]
     fn write(&mut self, table: PhysAddr, index: usize, pte: Pte) {
-        let i = self.page_index(table) * ENTRIES + index;
+        let i = self.word_index(table, index);
         self.words[i] = pte.0;
     }
 
+    #[inline]
     fn page_count(&self, page: PhysAddr) -> u32 {
         self.counts[self.page_index(page)]
     }
 
+    #[inline]
     fn set_page_count(&mut self, page: PhysAddr, count: u32) {
         let i = self.page_index(page);
         self.counts[i] = count;
@@ -121,10 +138,13 @@ impl MmOps for Arena {
         assert!(!self.free[i], "double free of {page}");
         self.free[i] = true;
         self.counts[i] = 0;
-        self.words[i * ENTRIES..(i + 1) * ENTRIES].fill(POISON);
+        if self.poison_freed {
+            self.words[i * ENTRIES..(i + 1) * ENTRIES].fill(POISON);
+        }
         self.free_list.push(i as u32);
     }
 
+    #[inline]
     fn tlb(&mut self, op: TlbOp) {
         if self.record_tlb {
             self.tlb_log.push(op);

@@ -404,7 +404,8 @@ impl Stage2 {
                 return Err(Error::Retry);
             }
             let new = visit.pte.with_prot(visit.pte.prot() - Prot::W);
-            this.replace(mem, visit, new);
+            let delta = this.replace(mem, visit, new);
+            this.adjust(mem, visit.table, delta);
             Ok(())
         };
         self.walk(mem, range, WalkFlags::LEAF | WalkFlags::IGNORE_RETRY, &mut visitor)
@@ -413,15 +414,24 @@ impl Stage2 {
     /// Frees every table page and the root. The caller has taken every page
     /// out of the table first (for a guest: reclaimed them all).
     pub fn destroy<M: MmOps>(self, mem: &mut M) {
+        let level = self.geometry.start_level();
+        // Unlink everything, invalidate once, and only then free: no walker
+        // may hold a page that is back in the page source. Until the root is
+        // freed, an unlinked table is remembered as its descriptor with the
+        // valid bit clear; every other entry is cleared.
         for index in 0..self.geometry.root_entries() {
             let pte = mem.read(self.root, index);
-            if pte.is_table(self.geometry.start_level()) {
-                mem.write(self.root, index, Pte::ZERO);
-                self.free_subtree(mem, pte.addr(), self.geometry.start_level() + 1);
-            }
+            let unlinked = if pte.is_table(level) { Pte(pte.0 & !1) } else { Pte::ZERO };
+            mem.write(self.root, index, unlinked);
         }
         if self.kind == TableKind::Component {
             self.tlb_table(mem);
+        }
+        for index in 0..self.geometry.root_entries() {
+            let unlinked = mem.read(self.root, index);
+            if unlinked.is_counted() {
+                self.free_subtree(mem, unlinked.addr(), level + 1);
+            }
         }
         for page in 0..self.geometry.root_pages() as u64 {
             mem.free_page(self.root.add(page * PAGE_SIZE));
@@ -448,8 +458,7 @@ impl Stage2 {
                 let first_leaf = if mapping.pages_only { LAST_LEVEL } else { FIRST_BLOCK_LEVEL };
                 Op::Map {
                     offset: pa.raw().wrapping_sub(range.start().raw()),
-                    prot: mapping.prot,
-                    sw: mapping.sw,
+                    page: Pte::leaf(LAST_LEVEL, PhysAddr::new(0), mapping.prot, mapping.sw),
                     first_leaf,
                 }
             }
@@ -496,33 +505,52 @@ impl Stage2 {
         if level == LAST_LEVEL {
             return 0; // pages never need a table below them
         }
-        let mut needed = 0;
-        for (index, ipa) in entries_in(self.geometry, level, base, range) {
+        let entry = |(index, ipa): (usize, u64)| {
             let old = match source {
                 Source::Table(table) => mem.read(table, index),
                 Source::Split(parent) => parent.split_child(level - 1, index),
             };
             let covered = range.covers(ipa, level_size(level));
-            if op.decide(level, ipa, old, covered) == Action::Descend {
-                needed += if old.is_table(level) {
+            match op.decide(level, ipa, old, covered) {
+                Action::Descend if old.is_table(level) => {
                     self.prepare(mem, op, range, Source::Table(old.addr()), level + 1, ipa)
-                } else {
+                }
+                Action::Descend => {
                     1 + self.prepare(mem, op, range, Source::Split(old), level + 1, ipa)
-                };
+                }
+                Action::Skip | Action::Write(_) => 0,
+            }
+        };
+        let mut entries = entries_in(self.geometry, level, base, range);
+        match source {
+            Source::Table(_) => entries.map(entry).sum(),
+            // The entries a split would create differ only in address, by a
+            // constant stride, and only the first and last can be partly
+            // covered: every entry in between needs what the second needs.
+            Source::Split(_) => {
+                let Some(first) = entries.next() else { return 0 };
+                let Some(last) = entries.last() else { return entry(first) };
+                let between = last.0 - first.0 - 1;
+                let second = (first.0 + 1, first.1 + level_size(level));
+                let middle = if between > 0 { between * entry(second) } else { 0 };
+                entry(first) + middle + entry(last)
             }
         }
-        needed
     }
 
     /// Replaces the entry `at` (whose current value is `at.pte`) by `new`,
-    /// with the TLB maintenance the change needs, keeping the table's
-    /// refcount and freeing a replaced subtree.
-    fn replace<M: MmOps>(&self, mem: &mut M, at: &Visit, new: Pte) {
+    /// with the TLB maintenance the change needs, freeing a replaced
+    /// subtree. Returns how the table's count of non-zero entries changed,
+    /// for the caller to apply with [`Stage2::adjust`] (once per table in a
+    /// commit, not once per entry).
+    #[must_use]
+    #[inline(always)]
+    fn replace<M: MmOps>(&self, mem: &mut M, at: &Visit, new: Pte) -> i32 {
         let Visit { table, index, level, pte: old, .. } = *at;
         let ipa = at.ipa.raw();
         let change = old.change(new, level);
         match change {
-            Change::None => return,
+            Change::None => return 0,
             Change::Install | Change::Software => mem.write(table, index, new),
             Change::Relax => {
                 mem.write(table, index, new);
@@ -545,9 +573,14 @@ impl Stage2 {
                 }
             }
         }
-        if table != self.root && old.is_counted() != new.is_counted() {
+        i32::from(new.is_counted()) - i32::from(old.is_counted())
+    }
+
+    /// Adds `delta` to the refcount of `table` (the root keeps none).
+    fn adjust<M: MmOps>(&self, mem: &mut M, table: PhysAddr, delta: i32) {
+        if delta != 0 && table != self.root {
             let count = mem.page_count(table);
-            mem.set_page_count(table, if new.is_counted() { count + 1 } else { count - 1 });
+            mem.set_page_count(table, count.wrapping_add_signed(delta));
         }
     }
 
@@ -621,22 +654,32 @@ enum Source {
 /// An [`Update`] after argument checks, in the form the passes use.
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Map { offset: u64, prot: Prot, sw: u8, first_leaf: u8 },
+    /// `page` is the leaf for physical page 0: attributes without address.
+    Map {
+        offset: u64,
+        page: Pte,
+        first_leaf: u8,
+    },
     Unmap,
     Protect(Prot),
     SetSoftware(u8),
-    Annotate { first: Annotation, per_page: bool, start: u64 },
+    Annotate {
+        first: Annotation,
+        per_page: bool,
+        start: u64,
+    },
 }
 
 impl Op {
     /// What the entry `old` at `level`, spanning from `ipa`, needs;
     /// `covered` says whether the range covers its whole span.
+    #[inline(always)]
     fn decide(&self, level: u8, ipa: u64, old: Pte, covered: bool) -> Action {
         match *self {
-            Op::Map { offset, prot, sw, first_leaf } => {
+            Op::Map { offset, page, first_leaf } => {
                 let pa = ipa.wrapping_add(offset);
-                if level >= first_leaf && pa % level_size(level) == 0 {
-                    let new = Pte::leaf(level, PhysAddr::new(pa), prot, sw);
+                if level >= first_leaf && pa & (level_size(level) - 1) == 0 {
+                    let new = page.moved(level, PhysAddr::new(pa));
                     if old == new {
                         return Action::Skip;
                     }
@@ -698,6 +741,7 @@ struct Commit<'a, M> {
 
 impl<M: MmOps> Commit<'_, M> {
     fn table_at(&mut self, table: PhysAddr, level: u8, base: u64) {
+        let mut delta = 0;
         for (index, ipa) in entries_in(self.table.geometry, level, base, self.range) {
             let old = self.mem.read(table, index);
             let at = Visit { ipa: Ipa::new(ipa), level, table, index, pte: old };
@@ -705,24 +749,31 @@ impl<M: MmOps> Commit<'_, M> {
             match self.op.decide(level, ipa, old, covered) {
                 Action::Skip => {}
                 Action::Write(new) => {
-                    self.table.replace(self.mem, &at, new);
+                    delta += self.table.replace(self.mem, &at, new);
                     self.changed += 1;
                 }
                 Action::Descend => {
-                    let child = if old.is_table(level) { old.addr() } else { self.split(&at) };
+                    let child = if old.is_table(level) {
+                        old.addr()
+                    } else {
+                        delta += self.split(&at);
+                        self.mem.read(table, index).addr()
+                    };
                     self.table_at(child, level + 1, ipa);
                     if self.mem.page_count(child) == 1 {
                         let linked = Visit { pte: Pte::table(child), ..at };
-                        self.table.replace(self.mem, &linked, Pte::ZERO);
+                        delta += self.table.replace(self.mem, &linked, Pte::ZERO);
                     }
                 }
             }
         }
+        self.table.adjust(self.mem, table, delta);
     }
 
     /// Replaces `old` (a block, annotation or zero) by a table holding the
-    /// same contents one level down, and returns the new table.
-    fn split(&mut self, at: &Visit) -> PhysAddr {
+    /// same contents one level down; returns the change in the parent's
+    /// count of non-zero entries.
+    fn split(&mut self, at: &Visit) -> i32 {
         let (level, old) = (at.level, at.pte);
         let child =
             self.cache.pop(self.mem).expect("prepare counted every table page the commit takes");
@@ -734,8 +785,7 @@ impl<M: MmOps> Commit<'_, M> {
         } else {
             self.mem.set_page_count(child, 1);
         }
-        self.table.replace(self.mem, at, Pte::table(child));
         self.changed += 1;
-        child
+        self.table.replace(self.mem, at, Pte::table(child))
     }
 }
