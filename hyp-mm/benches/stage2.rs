@@ -34,18 +34,21 @@ use criterion::measurement::WallTime;
 use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput};
 use hyp_mm::host::Arena;
 use hyp_mm::{
-    Annotation, Geometry, Ipa, IpaRange, Mapping, MemCache, OwnerId, PAGE_SIZE, PhysAddr, Prot,
-    Stage2, TableKind, Update, VmId,
+    Annotation, Geometry, Ipa, IpaRange, Mapping, MemCache, OwnerId, Ownership, PAGE_SIZE,
+    PhysAddr, Prot, Stage2, TableKind, Transfer, Update, VmId,
 };
 
 /// The workloads, in the order they run and appear in the summary.
 ///
-/// The share / unshare round trips (`hyp_mm::owner::Ownership::share` and
-/// `unshare`) go last, as one more `fn(&mut Suite)` written like
-/// [`greedy_faults`]: `ops` = the round trips per timed run, `mapped` =
-/// `None`, and a fixture that implements [`TablePages`].
-const WORKLOADS: &[fn(&mut Suite)] =
-    &[map_pages, map_blocks, unmap_pages, annotate_mapped, annotate_empty, greedy_faults];
+const WORKLOADS: &[fn(&mut Suite)] = &[
+    map_pages,
+    map_blocks,
+    unmap_pages,
+    annotate_mapped,
+    annotate_empty,
+    greedy_faults,
+    share_unshare,
+];
 
 const GIB: u64 = 1 << 30;
 const MIB_2: u64 = 2 << 20;
@@ -245,6 +248,89 @@ fn greedy_faults(suite: &mut Suite) {
         },
     );
     w.finish();
+}
+
+/// Share / unshare round trips per timed run.
+const ROUND_TRIPS: u64 = 100_000;
+
+/// hyp-mm only: a guest shares one page it owns with a PD and unshares it,
+/// [`ROUND_TRIPS`] times; each round trip checks both tables and the ledger
+/// and changes the software bits of the owner's leaf, maps and unmaps the
+/// borrower's leaf, and edits the ledger record twice. Reported per round
+/// trip.
+fn share_unshare(suite: &mut Suite) {
+    let mut w = suite.workload("share_unshare", "share + unshare round trip", ROUND_TRIPS, None);
+    w.hyp_mm("hyp-mm", Owners::new, |mut o| {
+        for _ in 0..ROUND_TRIPS {
+            o.round_trip();
+        }
+        o
+    });
+    w.finish();
+}
+
+/// A ledger over 2 MiB of "RAM" and two components: a guest that owns its
+/// first page and a PD it shares it with.
+struct Owners {
+    arena: Arena,
+    own: Ownership<3>,
+    cache: MemCache,
+    capacity: usize,
+}
+
+impl Owners {
+    const GUEST: OwnerId = OwnerId(1);
+    const PD: OwnerId = OwnerId(2);
+    const CAPACITY: usize = 64;
+
+    fn new() -> Self {
+        let g = Geometry::IPA_40;
+        let mut arena = Arena::new(PhysAddr::new(ARENA_BASE), Self::CAPACITY);
+        arena.record_tlb = false;
+        arena.poison_freed = false;
+        let table = |arena: &mut Arena, vmid, kind| {
+            let root = arena.alloc_contiguous(g.root_pages()).expect("the arena fits a root");
+            Stage2::new(g, root, VmId(vmid), kind).expect("aligned root")
+        };
+        let ledger = table(&mut arena, 0, TableKind::Ledger);
+        let mut own = Ownership::new(ledger, ipa_range(RAM, MIB_2)).expect("valid ledger");
+        for (id, vmid) in [(Self::GUEST, 1), (Self::PD, 2)] {
+            let t = table(&mut arena, vmid, TableKind::Component);
+            own.add_component(id, t).expect("new component");
+        }
+        let mut cache = MemCache::new();
+        cache.topup(&mut arena, 16).expect("the arena fits the cache");
+        let donate = Transfer {
+            from: OwnerId::DEFAULT,
+            from_addr: RAM,
+            to: Self::GUEST,
+            to_ipa: Ipa::new(RAM),
+            pages: 1,
+        };
+        own.donate(&mut arena, &mut cache, donate, Prot::RW).expect("donate");
+        // The PD's first share allocates its tables; from then on a round
+        // trip frees and reallocates them, as a real one would.
+        Owners { arena, own, cache, capacity: Self::CAPACITY }
+    }
+
+    fn round_trip(&mut self) {
+        let t = Transfer {
+            from: Self::GUEST,
+            from_addr: RAM,
+            to: Self::PD,
+            to_ipa: Ipa::new(0x1000_0000),
+            pages: 1,
+        };
+        self.own.share(&mut self.arena, &mut self.cache, t, Prot::RW).expect("share");
+        self.own.unshare(&mut self.arena, &mut self.cache, t).expect("unshare");
+        self.cache.topup(&mut self.arena, 16).expect("pages freed by unshare come back");
+    }
+}
+
+impl TablePages for Owners {
+    fn table_pages(&self) -> usize {
+        self.capacity - self.arena.free_pages() - self.cache.len()
+    }
 }
 
 /// Checks, before anything is timed, that the two libraries do the same
