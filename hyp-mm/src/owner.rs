@@ -554,7 +554,7 @@ impl<const N: usize> Ownership<N> {
         })?;
         let mut plan = Plan::new();
         for run in runs.iter() {
-            self.plan_return(mem, &mut plan, run)?;
+            self.plan_return(mem, &mut plan, run, &runs)?;
         }
         plan.push(who, range, Update::Unmap)?;
         self.reserve(mem, cache, &plan)?;
@@ -989,7 +989,7 @@ impl<const N: usize> Ownership<N> {
             runs.add(record.owner, record.lent, record.frame + page, pa.add(page * PAGE_SIZE))?;
         }
         for run in runs.iter() {
-            self.plan_return(mem, &mut plan, run)?;
+            self.plan_return(mem, &mut plan, run, &runs)?;
         }
         plan.push(who, range, Update::Unmap)?;
         self.run(mem, cache, &plan)?;
@@ -1000,24 +1000,45 @@ impl<const N: usize> Ownership<N> {
     /// Plans what the owner gets back when a borrower lets go of `run`:
     /// its lent pages mapped again, or its shared pages back to `Owned`
     /// where the departing borrower is the last one.
-    fn plan_return<M: MmOps>(&self, mem: &M, plan: &mut Plan, run: Run) -> Result<()> {
+    fn plan_return<M: MmOps>(&self, mem: &M, plan: &mut Plan, run: Run, runs: &Runs) -> Result<()> {
         let owner_range =
             IpaRange::pages(Ipa::from_frame(run.frame), run.pages).ok_or(Error::InvalidArgument)?;
         if run.lent {
-            let prot = match self.view(mem, run.owner, owner_range.start())? {
-                PageView::Lent(mark) => mark.prot,
-                _ => return Err(Error::Permission),
-            };
-            let mapping = Mapping::new(prot).with_sw(sw::OWNED);
-            return plan.push(run.owner, owner_range, Update::Map { pa: run.pa, mapping });
+            let (mut start, mut prot) = (0, None);
+            for page in 0..=run.pages {
+                let next = match page < run.pages {
+                    true => match self.view(
+                        mem,
+                        run.owner,
+                        owner_range.start().add(page * PAGE_SIZE),
+                    )? {
+                        PageView::Lent(mark) => Some(mark.prot),
+                        _ => return Err(Error::Permission),
+                    },
+                    false => None,
+                };
+                if next == prot {
+                    continue;
+                }
+                if let Some(prot) = prot {
+                    let ipa = owner_range.start().add(start * PAGE_SIZE);
+                    let range = IpaRange::pages(ipa, page - start).ok_or(Error::InvalidArgument)?;
+                    let pa = run.pa.add(start * PAGE_SIZE);
+                    let mapping = Mapping::new(prot).with_sw(sw::OWNED);
+                    plan.push(run.owner, range, Update::Map { pa, mapping })?;
+                }
+                (start, prot) = (page, next);
+            }
+            return Ok(());
         }
         // Shared: pages whose last borrower leaves go back to Owned, in runs.
         let mut start = None;
         for page in 0..=run.pages {
+            let pa = run.pa.add(page * PAGE_SIZE);
             let last = page < run.pages
                 && self
-                    .record(mem, run.pa.add(page * PAGE_SIZE))?
-                    .is_some_and(|r| r.borrowers == 1);
+                    .record(mem, pa)?
+                    .is_some_and(|r| u64::from(r.borrowers) == runs.holding(pa));
             match (last, start) {
                 (true, None) => start = Some(page),
                 (false, Some(s)) => {
@@ -1110,5 +1131,9 @@ impl Runs {
 
     fn iter(&self) -> impl Iterator<Item = Run> + '_ {
         self.runs[..self.len].iter().flatten().copied()
+    }
+
+    fn holding(&self, pa: PhysAddr) -> u64 {
+        self.iter().filter(|r| pa >= r.pa && pa < r.pa.add(r.pages << PAGE_SHIFT)).count() as u64
     }
 }
