@@ -26,6 +26,8 @@ pub mod mem;
 pub mod owner;
 #[cfg(test)]
 mod owner_tests;
+#[cfg(test)]
+mod prop_tests;
 pub mod table;
 #[cfg(test)]
 mod table_tests;

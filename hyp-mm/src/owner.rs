@@ -1006,16 +1006,13 @@ impl<const N: usize> Ownership<N> {
         if run.lent {
             let (mut start, mut prot) = (0, None);
             for page in 0..=run.pages {
-                let next = match page < run.pages {
-                    true => match self.view(
-                        mem,
-                        run.owner,
-                        owner_range.start().add(page * PAGE_SIZE),
-                    )? {
-                        PageView::Lent(mark) => Some(mark.prot),
-                        _ => return Err(Error::Permission),
-                    },
-                    false => None,
+                let ipa = owner_range.start().add(page * PAGE_SIZE);
+                let next = if page == run.pages {
+                    None
+                } else if let PageView::Lent(mark) = self.view(mem, run.owner, ipa)? {
+                    Some(mark.prot)
+                } else {
+                    return Err(Error::Permission);
                 };
                 if next == prot {
                     continue;

@@ -29,7 +29,13 @@ pub(crate) struct World {
 
 impl World {
     pub fn new() -> World {
-        let mut mem = Arena::new(PhysAddr::new(0x1_0000_0000), 4096);
+        World::sized(4096, 64)
+    }
+
+    /// A world whose arena holds `arena_pages` table pages and whose cache
+    /// starts with `cache_pages` of them: small arenas make snapshots cheap.
+    pub fn sized(arena_pages: usize, cache_pages: usize) -> World {
+        let mut mem = Arena::new(PhysAddr::new(0x1_0000_0000), arena_pages);
         let g = Geometry::IPA_40;
         let root = mem.alloc_contiguous(g.root_pages()).unwrap();
         let ledger = Stage2::new(g, root, VmId(0), TableKind::Ledger).unwrap();
@@ -41,7 +47,7 @@ impl World {
             own.add_component(id, table).unwrap();
         }
         let mut cache = MemCache::new();
-        cache.topup(&mut mem, 64).unwrap();
+        cache.topup(&mut mem, cache_pages).unwrap();
         World { mem, cache, own }
     }
 
