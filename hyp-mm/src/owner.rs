@@ -639,6 +639,9 @@ impl<const N: usize> Ownership<N> {
             return Err(Error::Permission);
         }
         let range = self.check_range(who, range.start(), range.page_count())?;
+        if self.component(who)?.is_dying() {
+            return Err(Error::Permission);
+        }
         self.check_empty(mem, who, range)?;
         let mut plan = Plan::new();
         plan.push(who, range, Update::Map { pa, mapping: Mapping::new(Prot::DEVICE_RW) })?;

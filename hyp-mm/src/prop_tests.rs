@@ -684,7 +684,9 @@ impl Model {
                 }
             }
             Call::MapDevice { who, ipa, pa, pages } => {
-                if Model::check_managed(pa, pages) != Err(Error::Permission) {
+                if Model::check_managed(pa, pages) != Err(Error::Permission)
+                    || self.comps[who].dying
+                {
                     return Err(Error::Permission);
                 }
                 self.check_empty(who, ipa, pages)?;
@@ -1510,6 +1512,13 @@ impl TableHarness {
                 (range(start, pages), Update::Unmap, false)
             }
             TOp::Protect { start, pages, prot } => {
+                let r = range(start, pages);
+                let device = self.model.clone().take(start, start + pages).iter().any(
+                    |(_, _, v)| matches!(v, Val::Leaf { prot, .. } if prot.contains(Prot::DEVICE)),
+                );
+                if device && !prot.intersects(Prot::RW) {
+                    return (r, Update::Protect(prot), false, Err(Error::InvalidArgument));
+                }
                 next.modify(start, start + pages, |v| match v {
                     Val::Leaf { pa, prot: old, sw } if old.contains(Prot::DEVICE) => {
                         Val::Leaf { pa, prot: (prot - Prot::X) | Prot::DEVICE, sw }

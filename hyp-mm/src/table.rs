@@ -322,7 +322,7 @@ impl Stage2 {
         range: IpaRange,
         update: Update,
     ) -> Result<usize> {
-        let op = self.check(range, update)?;
+        let op = self.check(mem, range, update)?;
         Ok(self.prepare(mem, &op, range, Source::Table(self.root), self.geometry.start_level(), 0))
     }
 
@@ -336,7 +336,7 @@ impl Stage2 {
         range: IpaRange,
         update: Update,
     ) -> Result<()> {
-        let op = self.check(range, update)?;
+        let op = self.check(mem, range, update)?;
         let needed =
             self.prepare(mem, &op, range, Source::Table(self.root), self.geometry.start_level(), 0);
         if needed > cache.len() {
@@ -446,7 +446,7 @@ impl Stage2 {
     }
 
     /// Validates the arguments of an update and resolves it to an [`Op`].
-    fn check(&self, range: IpaRange, update: Update) -> Result<Op> {
+    fn check<M: MmOps>(&self, mem: &M, range: IpaRange, update: Update) -> Result<Op> {
         self.check_range(range)?;
         Ok(match update {
             Update::Map { pa, mapping } => {
@@ -463,7 +463,13 @@ impl Stage2 {
                 }
             }
             Update::Unmap => Op::Unmap,
-            Update::Protect(prot) => Op::Protect(prot.validate()?),
+            Update::Protect(prot) => {
+                prot.validate()?;
+                if !prot.intersects(Prot::RW) {
+                    self.check_no_device_leaf(mem, range)?;
+                }
+                Op::Protect(prot)
+            }
             Update::SetSoftware(sw) if sw <= 0xf => Op::SetSoftware(sw),
             Update::SetSoftware(_) => return Err(Error::InvalidArgument),
             Update::Annotate(annotation) => {
@@ -479,6 +485,18 @@ impl Stage2 {
                     return Err(Error::InvalidArgument);
                 }
                 Op::Annotate { first, per_page: true, start: range.start().raw() }
+            }
+        })
+    }
+
+    /// Device leaves are never executable, so execute-only access would
+    /// leave one with no access at all: refused if `range` holds any.
+    fn check_no_device_leaf<M: MmOps>(&self, mem: &M, range: IpaRange) -> Result<()> {
+        self.leaves(mem, range, &mut |_, _, pte| {
+            if pte.is_valid() && pte.prot().contains(Prot::DEVICE) {
+                Err(Error::InvalidArgument)
+            } else {
+                Ok(())
             }
         })
     }
@@ -678,12 +696,14 @@ impl Op {
         match *self {
             Op::Map { offset, page, first_leaf } => {
                 let pa = ipa.wrapping_add(offset);
-                if level >= first_leaf && pa & (level_size(level) - 1) == 0 {
+                if level >= FIRST_BLOCK_LEVEL && pa & (level_size(level) - 1) == 0 {
                     let new = page.moved(level, PhysAddr::new(pa));
+                    // An identical block already translates the whole span
+                    // as asked, even for a pages-only map: nothing to split.
                     if old == new {
                         return Action::Skip;
                     }
-                    if covered {
+                    if covered && level >= first_leaf {
                         return Action::Write(new);
                     }
                 }

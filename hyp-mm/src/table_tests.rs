@@ -2032,3 +2032,23 @@ proptest! {
         prop_assert_eq!(fx.unused_pages(), fx.baseline);
     }
 }
+
+#[test]
+fn pages_only_remap_over_an_identical_block_changes_nothing() {
+    let mut f = Fixture::new();
+    f.map(0x4000_0000, 2 << 20, 0x4000_0000, rw()).unwrap();
+    let before = f.snapshot();
+    assert_eq!(f.map(0x4000_1000, 0x1000, 0x4000_1000, rw().pages()), Err(Error::Retry));
+    assert!(before == f.snapshot(), "the block was split for nothing");
+}
+
+#[test]
+fn execute_only_protect_over_device_memory_is_refused() {
+    let mut f = Fixture::new();
+    f.map(0x900_0000, 0x1000, 0x900_0000, Mapping::new(Prot::DEVICE_RW)).unwrap();
+    let before = f.snapshot();
+    assert_eq!(f.protect(0x900_0000, 0x1000, Prot::X), Err(Error::InvalidArgument));
+    assert!(before == f.snapshot());
+    assert_eq!(f.protect(0x900_0000, 0x1000, Prot::R), Ok(()));
+    assert_eq!(f.leaf(0x900_0000).0.prot(), Prot::DEVICE | Prot::R);
+}
