@@ -38,7 +38,7 @@ fmt: setup
 
 clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p hyp-mm --target $(TARGET) -- -D warnings
+	cargo clippy -p hyp-mm -p tenure-abi --target $(TARGET) -- -D warnings
 
 # cargo-fuzz needs a nightly toolchain (sanitizer flags).
 fuzz: setup

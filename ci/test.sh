@@ -65,7 +65,7 @@ cargo_suite() {
 check "rustfmt" cargo fmt --all -- --check
 check "clippy (host)" cargo clippy --workspace --all-targets -- -D warnings
 check "clippy (aarch64-unknown-none)" \
-    cargo clippy -p hyp-mm --target aarch64-unknown-none -- -D warnings
+    cargo clippy -p hyp-mm -p tenure-abi --target aarch64-unknown-none -- -D warnings
 
 cargo_suite "host tests" build/test-host.log \
     cargo test --workspace --all-targets --no-fail-fast

@@ -1,0 +1,5 @@
+//! The `tenure` host tool as a library; `main.rs` is a thin command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod sdf;

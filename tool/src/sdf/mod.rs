@@ -1,0 +1,1 @@
+//! Reading and checking a Microkit System Description File (system.xml).
