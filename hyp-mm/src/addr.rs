@@ -151,6 +151,11 @@ impl IpaRange {
         self.size() >> PAGE_SHIFT
     }
 
+    /// The first address of each page, in order.
+    pub fn page_addrs(self) -> impl Iterator<Item = Ipa> {
+        (self.start.raw()..self.end.raw()).step_by(PAGE_SIZE as usize).map(Ipa::new)
+    }
+
     /// Whether `ipa` lies in the range.
     #[must_use]
     pub const fn contains(self, ipa: Ipa) -> bool {

@@ -211,17 +211,8 @@ impl Pte {
         let kind = if level == LAST_LEVEL { TABLE_OR_PAGE | VALID } else { VALID };
         let attr =
             if prot.contains(Prot::DEVICE) { MEMATTR_DEVICE_NGNRE } else { MEMATTR_NORMAL_WB };
-        let mut bits = kind | (attr << MEMATTR_SHIFT) | SH_INNER | AF | (pa.raw() & OA_MASK);
-        if prot.contains(Prot::R) {
-            bits |= S2AP_R;
-        }
-        if prot.contains(Prot::W) {
-            bits |= S2AP_W;
-        }
-        if !prot.contains(Prot::X) {
-            bits |= XN_NONE;
-        }
-        Pte(bits | ((sw as u64 & 0xf) << SW_SHIFT))
+        let bits = kind | (attr << MEMATTR_SHIFT) | SH_INNER | AF | (pa.raw() & OA_MASK);
+        Pte(bits | ((sw as u64 & 0xf) << SW_SHIFT)).with_prot(prot)
     }
 
     /// An invalid entry holding `annotation`.

@@ -802,8 +802,8 @@ impl<const N: usize> Ownership<N> {
         range: IpaRange,
         prot: Prot,
     ) -> Result<()> {
-        for page in 0..range.page_count() {
-            match self.view(mem, id, range.start().add(page * PAGE_SIZE))? {
+        for ipa in range.page_addrs() {
+            match self.view(mem, id, ipa)? {
                 PageView::Mapped { prot: p, .. } if p == prot => {}
                 _ => return Err(Error::InvalidArgument),
             }
@@ -814,8 +814,8 @@ impl<const N: usize> Ownership<N> {
     /// Every page of `range` in `id`'s table is empty.
     fn check_empty<M: MmOps>(&self, mem: &M, id: OwnerId, range: IpaRange) -> Result<()> {
         let table = self.component(id)?;
-        for page in 0..range.page_count() {
-            if !table.page(mem, range.start().add(page * PAGE_SIZE))?.is_zero() {
+        for ipa in range.page_addrs() {
+            if !table.page(mem, ipa)?.is_zero() {
                 return Err(Error::Permission);
             }
         }
