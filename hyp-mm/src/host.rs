@@ -1,5 +1,7 @@
-//! A host-memory implementation of [`MmOps`] for tests, benchmarks and the
-//! fuzzer: table pages live in a vector, TLB operations are recorded.
+//! A host-memory implementation of [`MmOps`]: table pages live in a vector,
+//! TLB operations are recorded. Tests, benchmarks and the fuzzer use it, and
+//! so does the tool, which builds PD tables offline and copies the pages
+//! into the boot image.
 
 extern crate std;
 
@@ -64,6 +66,12 @@ impl Arena {
         (table.raw().wrapping_sub(self.base) >> 3) as usize + index
     }
 
+    /// The first physical address of the arena.
+    #[must_use]
+    pub fn base(&self) -> PhysAddr {
+        PhysAddr::new(self.base)
+    }
+
     /// `n` contiguous zeroed pages aligned to `n` pages (for a concatenated
     /// stage-2 root), or `None`.
     pub fn alloc_contiguous(&mut self, n: usize) -> Option<PhysAddr> {
@@ -76,6 +84,19 @@ impl Arena {
         }
         self.free_list.retain(|&p| !(first..first + n).contains(&(p as usize)));
         Some(PhysAddr::new(self.base + ((first as u64) << PAGE_SHIFT)))
+    }
+
+    /// The words of page `pa`, as the hardware will read them.
+    #[must_use]
+    pub fn page_words(&self, pa: PhysAddr) -> &[u64] {
+        let i = self.page_index(pa);
+        &self.words[i * ENTRIES..(i + 1) * ENTRIES]
+    }
+
+    /// Pages from the base up to the last one in use (0 if none is).
+    #[must_use]
+    pub fn high_water(&self) -> usize {
+        self.free.iter().rposition(|&f| !f).map_or(0, |i| i + 1)
     }
 
     /// Pages currently free.

@@ -2,4 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod elf;
+pub mod pd_tables;
 pub mod sdf;
