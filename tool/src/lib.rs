@@ -3,5 +3,7 @@
 
 pub mod cli;
 pub mod elf;
+pub mod layout;
+pub mod patch;
 pub mod pd_tables;
 pub mod sdf;
