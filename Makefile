@@ -1,16 +1,22 @@
 # Tenure: the user's entry point (Microkit convention).
 #
-#   make run | test | bench  [BOARD=...] [CONFIG=debug|release|benchmark]
+#   make run | test | image | bench  [BOARD=...] [CONFIG=debug|release|benchmark]
 
-# Declared now, used once the kernel, the tool and the image exist.
 BOARD ?= qemu_virt_aarch64
 CONFIG ?= debug
 FUZZ_SECONDS ?= 60
 
-# The target that lints hyp-mm as it is built for the hypervisor.
+# The target the kernel is built for, and hyp-mm linted for.
 TARGET := aarch64-unknown-none
 
-.PHONY: help setup test bench fmt clippy fuzz run clean
+# debug builds the kernel unoptimised; release and benchmark optimise it.
+KERNEL_PROFILE := $(if $(filter debug,$(CONFIG)),debug,release)
+KERNEL_FLAGS := $(if $(filter debug,$(CONFIG)),,--release)
+KERNEL_ELF := target/$(TARGET)/$(KERNEL_PROFILE)/tenure-kernel
+# The packed image; on a Raspberry Pi SD card it is kernel8.img.
+IMAGE := build/$(BOARD)/$(CONFIG)/tenure.img
+
+.PHONY: help setup test bench fmt clippy fuzz image run clean
 
 help:
 	@echo "Tenure make targets:"
@@ -20,12 +26,16 @@ help:
 	@echo "  fmt      format the workspace"
 	@echo "  clippy   lint the workspace, host and $(TARGET)"
 	@echo "  fuzz     fuzz hyp-mm operation sequences for FUZZ_SECONDS (default 60)"
-	@echo "  run      boot BOARD in QEMU (not available yet)"
+	@echo "  image    build the kernel and pack it for BOARD into $(IMAGE)"
+	@echo "  run      build, pack and boot BOARD in QEMU, console here (quit: Ctrl-A X)"
 	@echo "  clean    remove build outputs"
 	@echo "Variables: BOARD=$(BOARD) CONFIG=$(CONFIG)"
 
 setup:
 	@bash ci/setup.sh
+
+# Target suites and make run boot QEMU: have setup install it.
+test run: export TENURE_NEED_QEMU := 1
 
 test: setup
 	@bash ci/test.sh
@@ -38,7 +48,8 @@ fmt: setup
 
 clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p hyp-mm -p tenure-abi --target $(TARGET) -- -D warnings
+	cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image -p tenure-kernel \
+	    --target $(TARGET) -- -D warnings
 
 # cargo-fuzz needs a nightly toolchain (sanitizer flags).
 fuzz: setup
@@ -46,10 +57,13 @@ fuzz: setup
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	cd hyp-mm && cargo +nightly fuzz run ops -- -max_total_time=$(FUZZ_SECONDS)
 
-run: setup
-	@echo "make run: there is nothing to boot yet. The kernel, the image tool and"
-	@echo "the QEMU boot for BOARD=$(BOARD) CONFIG=$(CONFIG) arrive with the kernel work."
-	@exit 1
+image: setup
+	cargo build -q -p tenure-kernel --target $(TARGET) $(KERNEL_FLAGS)
+	@mkdir -p $(dir $(IMAGE))
+	cargo run -q -p tenure-tool -- pack-kernel $(KERNEL_ELF) --board $(BOARD) -o $(IMAGE)
+
+run: image
+	cargo run -q -p tenure-tool -- run $(IMAGE) --board $(BOARD)
 
 clean:
 	cargo clean

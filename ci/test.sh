@@ -7,7 +7,8 @@
 # Adding a step: write a function that runs something and calls
 # `add_totals PASSED FAILED`, then call it at the bottom. Lints count as one
 # test each (`check`); libtest output is summed per binary (`cargo_suite`).
-# Target suites (ci/systems/*) will be a TAP-counting step of the same kind.
+# Target suites (ci/systems/*) boot under QEMU and add their TAP counts
+# (`target_suite`); they need QEMU >= 9 (`make test` has setup install it).
 set -uo pipefail # not -e: a failing step must not stop the others
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -65,13 +66,76 @@ cargo_suite() {
 check "rustfmt" cargo fmt --all -- --check
 check "clippy (host)" cargo clippy --workspace --all-targets -- -D warnings
 check "clippy (aarch64-unknown-none)" \
-    cargo clippy -p hyp-mm -p tenure-abi --target aarch64-unknown-none -- -D warnings
+    cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image -p tenure-kernel \
+    --target aarch64-unknown-none -- -D warnings
 
 cargo_suite "host tests" build/test-host.log \
     cargo test --workspace --all-targets --no-fail-fast
 # --all-targets leaves out doctests, so they run on their own.
 cargo_suite "doc tests" build/test-doc.log \
     cargo test --workspace --doc --no-fail-fast
+
+# The kernel as the target suites boot it.
+KERNEL_TARGET=aarch64-unknown-none
+KERNEL_ELF=target/$KERNEL_TARGET/release/tenure-kernel
+# The boards every target suite runs on.
+SUITE_BOARDS=(qemu_virt_aarch64 rpi4b_1gb)
+# Seconds a suite may run, boot included (the runner's own timeout).
+SUITE_TIMEOUT=30
+
+tenure() { cargo run -q -p tenure-tool -- "$@"; }
+
+# build_kernel FEATURE NAME: build the kernel with FEATURE and pack it for
+# every suite board as build/systems/NAME/BOARD.img; counted as one test.
+build_kernel() {
+    local feature=$1 name=$2 board
+    mkdir -p "build/systems/$name"
+    cargo build -q -p tenure-kernel --target "$KERNEL_TARGET" --release --features "$feature" &&
+        for board in "${SUITE_BOARDS[@]}"; do
+            tenure pack-kernel "$KERNEL_ELF" --board "$board" -o "build/systems/$name/$board.img" ||
+                return 1
+        done
+}
+
+# target_suite NAME BOARD: boot build/systems/NAME/BOARD.img under QEMU and add
+# its TAP counts (the runner counts a timeout, crash or missing TEST_PASS as
+# a failure). Console log: build/systems/NAME/BOARD.log.
+target_suite() {
+    local name=$1 board=$2 dir=build/systems/$1 p f
+    echo "== target suite: $name on $board (log: $dir/$board.log)"
+    tenure test-image "$dir/$board.img" --board "$board" --timeout "$SUITE_TIMEOUT" |
+        tee "$dir/$board.log"
+    read -r p f < <(sed -n 's/^TAP: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$dir/$board.log")
+    if [[ -z ${p:-} ]]; then
+        echo "== target suite FAILED: $name on $board (no result line)"
+        p=0 f=1
+    fi
+    echo "== $name on $board: $p passed; $f failed"
+    add_totals "$p" "$f"
+}
+
+# exception_reported BOARD: the exception-test kernel's brk must be reported
+# by the EL2 vectors (class, ESR, ELR, FAR) and end with the sentinel.
+exception_reported() {
+    local log=build/systems/exception/$1.log
+    tenure test-image "build/systems/exception/$1.img" --board "$1" \
+        --timeout "$SUITE_TIMEOUT" >"$log" 2>&1
+    # The runner calls this suite failed (a crash); here that is the point.
+    grep -v '^TAP:\|^Error: the suite' "$log"
+    grep -q 'EC 0x3c: BRK instruction' "$log" && grep -q '^  ELR_EL2' "$log" &&
+        grep -q '^  FAR_EL2' "$log" && grep -q '^TEST_FAIL' "$log"
+}
+
+if check "build and pack the boot suite (ci/systems/boot)" build_kernel boot-test boot; then
+    for board in "${SUITE_BOARDS[@]}"; do
+        target_suite boot "$board"
+    done
+fi
+if check "build and pack the exception check" build_kernel exception-test exception; then
+    for board in "${SUITE_BOARDS[@]}"; do
+        check "unexpected exception reported on $board" exception_reported "$board"
+    done
+fi
 
 echo "$passed passed, $failed failed"
 ((failed == 0))

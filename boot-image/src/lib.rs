@@ -1,0 +1,644 @@
+//! Tenure's boot image: the tool writes it, the kernel reads it.
+//!
+//! The image is a little-endian byte string placed in memory right after
+//! the kernel (see `docs/decisions/0003-boot-image-layout.md` for where):
+//!
+//! ```text
+//! offset 0            +--------------------------------------------+
+//!                     | Header (32 bytes): magic, version,         |
+//!                     | header size, total size, section count     |
+//! HEADER_SIZE         +--------------------------------------------+
+//!                     | section table: section_count x Section     |
+//!                     | (24 bytes each: kind, offset, size)        |
+//!                     +--------------------------------------------+
+//!                     | section bodies, each 8-byte aligned, in    |
+//!                     | bounds of total_size; BoardInfo is one     |
+//! total_size          +--------------------------------------------+
+//! ```
+//!
+//! Invariants that [`Image::parse`] establishes, so that readers never
+//! check them again: the magic and version are this crate's; every
+//! section lies inside `total_size` bytes, after the section table, is
+//! 8-byte aligned and does not overlap another; each section kind is known
+//! and appears at most once; a [`BoardInfo`] section is present and well
+//! formed (UTF-8 name, memory regions in bounds and non-overlapping).
+//!
+//! All fields use zerocopy's little-endian integer types, so every struct
+//! has alignment 1 and can be read in place from any byte slice.
+#![no_std]
+#![forbid(unsafe_code)]
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// First bytes of every image.
+pub const MAGIC: [u8; 8] = *b"TENUREIM";
+/// Format version this crate reads and writes; bumped on any layout change.
+pub const VERSION: u32 = 1;
+/// Size of [`Header`].
+pub const HEADER_SIZE: usize = size_of::<Header>();
+/// Size of one [`Section`] table entry.
+pub const SECTION_ENTRY_SIZE: usize = size_of::<Section>();
+/// Alignment of every section body, so a reader could cast it in place
+/// even with aligned types later.
+pub const SECTION_ALIGN: u64 = 8;
+/// Most sections an image may have: one per [`SectionKind`] for now.
+pub const MAX_SECTIONS: u32 = 16;
+/// Longest board name, in bytes (Microkit's names are at most 20).
+pub const BOARD_NAME_LEN: usize = 32;
+/// Most RAM regions a board lists (the Raspberry Pi 4B 8 GB needs 3).
+pub const MAX_MEMORY_REGIONS: usize = 4;
+
+/// The image header, at offset 0.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`VERSION`].
+    pub version: U32,
+    /// [`HEADER_SIZE`]; lets a reader reject a header of another shape.
+    pub header_size: U32,
+    /// Bytes of the whole image, header included.
+    pub total_size: U64,
+    /// Entries in the section table that follows the header.
+    pub section_count: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+/// One entry of the section table.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct Section {
+    /// A [`SectionKind`] as its raw value.
+    pub kind: U32,
+    /// Zero.
+    pub reserved: U32,
+    /// Offset of the body from the start of the image.
+    pub offset: U64,
+    /// Size of the body in bytes.
+    pub size: U64,
+}
+
+/// What a section holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SectionKind {
+    /// A [`BoardInfo`]; exactly one per image.
+    BoardInfo = 1,
+}
+
+impl SectionKind {
+    /// The kind `raw` names, if this version knows it.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::BoardInfo),
+            _ => None,
+        }
+    }
+}
+
+/// A range of RAM: `base..base + size`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct MemoryRegion {
+    /// Physical address of the first byte.
+    pub base: U64,
+    /// Size in bytes; non-zero for a used entry.
+    pub size: U64,
+}
+
+/// What the kernel needs to know about the board it runs on. The tool
+/// fills it from its board table; the kernel names no board address.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct BoardInfo {
+    /// Board name (Microkit's, e.g. `qemu_virt_aarch64`), UTF-8, padded
+    /// with NUL bytes.
+    pub name: [u8; BOARD_NAME_LEN],
+    /// Physical address the kernel image is loaded at.
+    pub kernel_load_addr: U64,
+    /// Physical base of the PL011 console UART.
+    pub uart_base: U64,
+    /// Physical base of the GICv2 distributor (GICD).
+    pub gicd_base: U64,
+    /// Physical base of the GICv2 CPU interface (GICC).
+    pub gicc_base: U64,
+    /// INTID of the console UART's interrupt.
+    pub uart_intid: U32,
+    /// INTID of the EL2 physical timer (CNTHP), a PPI.
+    pub timer_el2_phys_intid: U32,
+    /// INTID of the EL1 virtual timer (CNTV), a PPI.
+    pub timer_virt_intid: U32,
+    /// Used entries of `memory`.
+    pub memory_region_count: U32,
+    /// RAM regions, sorted by base; entries past the count are zero.
+    pub memory: [MemoryRegion; MAX_MEMORY_REGIONS],
+}
+
+impl BoardInfo {
+    /// The board name, without its NUL padding.
+    ///
+    /// Total for any bytes: a name that is not UTF-8 reads as `"?"`
+    /// ([`Image::parse`] refuses such images, so a parsed one never does).
+    pub fn name(&self) -> &str {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(BOARD_NAME_LEN);
+        core::str::from_utf8(&self.name[..len]).unwrap_or("?")
+    }
+
+    /// The used memory regions.
+    pub fn memory(&self) -> &[MemoryRegion] {
+        let count = (self.memory_region_count.get() as usize).min(MAX_MEMORY_REGIONS);
+        &self.memory[..count]
+    }
+
+    /// Encodes `name` into the fixed field, or `None` if it is empty or
+    /// too long.
+    pub fn encode_name(name: &str) -> Option<[u8; BOARD_NAME_LEN]> {
+        if name.is_empty() || name.len() > BOARD_NAME_LEN || name.contains('\0') {
+            return None;
+        }
+        let mut out = [0; BOARD_NAME_LEN];
+        out[..name.len()].copy_from_slice(name.as_bytes());
+        Some(out)
+    }
+
+    fn check(&self) -> Result<(), ImageError> {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(BOARD_NAME_LEN);
+        if len == 0
+            || core::str::from_utf8(&self.name[..len]).is_err()
+            || self.name[len..].iter().any(|&b| b != 0)
+        {
+            return Err(ImageError::BadBoardName);
+        }
+        let count = self.memory_region_count.get() as usize;
+        if count == 0 || count > MAX_MEMORY_REGIONS {
+            return Err(ImageError::BadMemoryRegions);
+        }
+        let mut previous_end = 0u64;
+        for (i, region) in self.memory.iter().enumerate() {
+            if i >= count {
+                if *region != MemoryRegion::default() {
+                    return Err(ImageError::BadMemoryRegions);
+                }
+                continue;
+            }
+            let end = region
+                .base
+                .get()
+                .checked_add(region.size.get())
+                .ok_or(ImageError::BadMemoryRegions)?;
+            if region.size.get() == 0 || (i > 0 && region.base.get() < previous_end) {
+                return Err(ImageError::BadMemoryRegions);
+            }
+            previous_end = end;
+        }
+        Ok(())
+    }
+}
+
+/// Why an image was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageError {
+    /// The bytes are shorter than the header, or than the header's
+    /// `total_size`.
+    Truncated,
+    /// The image does not start with [`MAGIC`].
+    BadMagic,
+    /// The image was written for another format version.
+    UnsupportedVersion(u32),
+    /// The header's `header_size` is not [`HEADER_SIZE`], or a reserved
+    /// field is not zero.
+    BadHeader,
+    /// The section table does not fit in the image, or has more than
+    /// [`MAX_SECTIONS`] entries.
+    BadSectionTable,
+    /// A section lies outside the image, over the header or the table, is
+    /// misaligned, or overlaps another one.
+    BadSectionBounds,
+    /// A section kind this version does not know.
+    UnknownSection(u32),
+    /// A section kind appears twice.
+    DuplicateSection(u32),
+    /// A section's size does not match its kind's layout.
+    BadSectionSize(u32),
+    /// The image has no [`BoardInfo`] section.
+    MissingBoardInfo,
+    /// The board name is empty, not UTF-8 or not NUL padded.
+    BadBoardName,
+    /// The memory regions are empty, too many, unsorted, overlapping,
+    /// zero-sized or overflow the address space.
+    BadMemoryRegions,
+}
+
+impl core::fmt::Display for ImageError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("the boot image is truncated"),
+            Self::BadMagic => f.write_str("the boot image has a bad magic number"),
+            Self::UnsupportedVersion(v) => {
+                write!(f, "the boot image has version {v}, expected {VERSION}")
+            }
+            Self::BadHeader => f.write_str("the boot image header is malformed"),
+            Self::BadSectionTable => f.write_str("the boot image section table is malformed"),
+            Self::BadSectionBounds => {
+                f.write_str("a boot image section lies outside the image or overlaps another")
+            }
+            Self::UnknownSection(k) => write!(f, "the boot image has an unknown section kind {k}"),
+            Self::DuplicateSection(k) => write!(f, "the boot image has section kind {k} twice"),
+            Self::BadSectionSize(k) => {
+                write!(f, "boot image section kind {k} has the wrong size")
+            }
+            Self::MissingBoardInfo => f.write_str("the boot image has no board information"),
+            Self::BadBoardName => f.write_str("the boot image's board name is malformed"),
+            Self::BadMemoryRegions => f.write_str("the boot image's memory regions are malformed"),
+        }
+    }
+}
+
+/// A checked, borrowed view of an image.
+#[derive(Clone, Copy, Debug)]
+pub struct Image<'a> {
+    bytes: &'a [u8],
+    sections: &'a [Section],
+    board: &'a BoardInfo,
+}
+
+impl<'a> Image<'a> {
+    /// Checks `bytes` and returns a view of the image it starts with.
+    /// `bytes` may be longer than the image (the kernel passes a bound,
+    /// not the exact size); the rest is ignored.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
+        let total = Self::peek_total_size(bytes)?;
+        let total_usize = usize::try_from(total).map_err(|_| ImageError::Truncated)?;
+        let bytes = bytes.get(..total_usize).ok_or(ImageError::Truncated)?;
+        let (header, rest) = Header::ref_from_prefix(bytes).map_err(|_| ImageError::Truncated)?;
+        if header.header_size.get() as usize != HEADER_SIZE || header.reserved.get() != 0 {
+            return Err(ImageError::BadHeader);
+        }
+        let count = header.section_count.get();
+        if count > MAX_SECTIONS {
+            return Err(ImageError::BadSectionTable);
+        }
+        let (sections, _) = <[Section]>::ref_from_prefix_with_elems(rest, count as usize)
+            .map_err(|_| ImageError::BadSectionTable)?;
+        let table_end = (HEADER_SIZE + sections.len() * SECTION_ENTRY_SIZE) as u64;
+
+        let mut seen = 0u32;
+        let mut board = None;
+        for (i, section) in sections.iter().enumerate() {
+            let (start, end) = section_range(section, table_end, total)?;
+            for other in &sections[..i] {
+                let (other_start, other_end) = section_range(other, table_end, total)?;
+                if start < other_end && other_start < end {
+                    return Err(ImageError::BadSectionBounds);
+                }
+            }
+            let raw = section.kind.get();
+            let kind = SectionKind::from_raw(raw).ok_or(ImageError::UnknownSection(raw))?;
+            if section.reserved.get() != 0 {
+                return Err(ImageError::BadSectionTable);
+            }
+            let bit = 1 << (kind as u32);
+            if seen & bit != 0 {
+                return Err(ImageError::DuplicateSection(raw));
+            }
+            seen |= bit;
+            // In bounds: `section_range` checked `end <= total`.
+            let body = &bytes[start as usize..end as usize];
+            match kind {
+                SectionKind::BoardInfo => {
+                    let info = BoardInfo::ref_from_bytes(body)
+                        .map_err(|_| ImageError::BadSectionSize(raw))?;
+                    info.check()?;
+                    board = Some(info);
+                }
+            }
+        }
+        let board = board.ok_or(ImageError::MissingBoardInfo)?;
+        Ok(Self { bytes, sections, board })
+    }
+
+    /// Checks the magic and version and returns the header's
+    /// `total_size`, so a reader that only knows where an image starts can
+    /// learn how many bytes to hand to [`Image::parse`].
+    pub fn peek_total_size(bytes: &[u8]) -> Result<u64, ImageError> {
+        let (header, _) = Header::ref_from_prefix(bytes).map_err(|_| ImageError::Truncated)?;
+        if header.magic != MAGIC {
+            return Err(ImageError::BadMagic);
+        }
+        if header.version.get() != VERSION {
+            return Err(ImageError::UnsupportedVersion(header.version.get()));
+        }
+        let total = header.total_size.get();
+        if total < HEADER_SIZE as u64 {
+            return Err(ImageError::BadHeader);
+        }
+        Ok(total)
+    }
+
+    /// The board the image was packed for.
+    pub fn board(&self) -> &'a BoardInfo {
+        self.board
+    }
+
+    /// The section table.
+    pub fn sections(&self) -> &'a [Section] {
+        self.sections
+    }
+
+    /// The whole image, `total_size` bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+/// The body range of `section`, checked against the table end and the
+/// image size.
+fn section_range(section: &Section, table_end: u64, total: u64) -> Result<(u64, u64), ImageError> {
+    let start = section.offset.get();
+    let end = start.checked_add(section.size.get()).ok_or(ImageError::BadSectionBounds)?;
+    if start < table_end || end > total || !start.is_multiple_of(SECTION_ALIGN) {
+        return Err(ImageError::BadSectionBounds);
+    }
+    Ok((start, end))
+}
+
+/// Bytes of an image holding only a [`BoardInfo`] (the image of a system
+/// without PDs), as [`write_board_only`] lays it out.
+pub const BOARD_ONLY_SIZE: usize = board_only_offset() + size_of::<BoardInfo>();
+
+const fn board_only_offset() -> usize {
+    let end = HEADER_SIZE + SECTION_ENTRY_SIZE;
+    end.next_multiple_of(SECTION_ALIGN as usize)
+}
+
+/// Writes an image holding only `board` into `out`, which must be
+/// [`BOARD_ONLY_SIZE`] bytes long; returns `out` as the image.
+///
+/// # Panics
+///
+/// If `out` has another length: a caller bug, not an input error.
+pub fn write_board_only<'a>(out: &'a mut [u8], board: &BoardInfo) -> &'a [u8] {
+    assert_eq!(out.len(), BOARD_ONLY_SIZE, "board-only image buffer size");
+    let header = Header {
+        magic: MAGIC,
+        version: VERSION.into(),
+        header_size: (HEADER_SIZE as u32).into(),
+        total_size: (BOARD_ONLY_SIZE as u64).into(),
+        section_count: 1.into(),
+        reserved: 0.into(),
+    };
+    let section = Section {
+        kind: (SectionKind::BoardInfo as u32).into(),
+        reserved: 0.into(),
+        offset: (board_only_offset() as u64).into(),
+        size: (size_of::<BoardInfo>() as u64).into(),
+    };
+    out.fill(0);
+    out[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+    out[HEADER_SIZE..HEADER_SIZE + SECTION_ENTRY_SIZE].copy_from_slice(section.as_bytes());
+    out[board_only_offset()..].copy_from_slice(board.as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[test]
+    fn struct_sizes_are_fixed() {
+        assert_eq!(size_of::<Header>(), 32);
+        assert_eq!(size_of::<Section>(), 24);
+        assert_eq!(size_of::<MemoryRegion>(), 16);
+        assert_eq!(size_of::<BoardInfo>(), 32 + 4 * 8 + 4 * 4 + 4 * 16);
+        assert_eq!(align_of::<BoardInfo>(), 1);
+    }
+
+    fn board() -> BoardInfo {
+        let mut memory = [MemoryRegion::default(); MAX_MEMORY_REGIONS];
+        memory[0] = MemoryRegion { base: 0x4000_0000.into(), size: 0x8000_0000.into() };
+        BoardInfo {
+            name: BoardInfo::encode_name("qemu_virt_aarch64").unwrap(),
+            kernel_load_addr: 0x4020_0000.into(),
+            uart_base: 0x0900_0000.into(),
+            gicd_base: 0x0800_0000.into(),
+            gicc_base: 0x0801_0000.into(),
+            uart_intid: 33.into(),
+            timer_el2_phys_intid: 26.into(),
+            timer_virt_intid: 27.into(),
+            memory_region_count: 1.into(),
+            memory,
+        }
+    }
+
+    fn image() -> Vec<u8> {
+        let mut out = vec![0; BOARD_ONLY_SIZE];
+        write_board_only(&mut out, &board());
+        out
+    }
+
+    /// Applies `edit` to a good image's header and parses the result.
+    fn with_header(edit: impl FnOnce(&mut Header)) -> Result<(), ImageError> {
+        let mut bytes = image();
+        let (header, _) = Header::mut_from_prefix(&mut bytes).unwrap();
+        edit(header);
+        Image::parse(&bytes).map(|_| ())
+    }
+
+    fn with_section(edit: impl FnOnce(&mut Section)) -> Result<(), ImageError> {
+        let mut bytes = image();
+        let (section, _) = Section::mut_from_prefix(&mut bytes[HEADER_SIZE..]).unwrap();
+        edit(section);
+        Image::parse(&bytes).map(|_| ())
+    }
+
+    fn with_board(edit: impl FnOnce(&mut BoardInfo)) -> Result<(), ImageError> {
+        let mut bytes = image();
+        let info = BoardInfo::mut_from_bytes(&mut bytes[board_only_offset()..]).unwrap();
+        edit(info);
+        Image::parse(&bytes).map(|_| ())
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = image();
+        let parsed = Image::parse(&bytes).unwrap();
+        assert_eq!(parsed.board().name(), "qemu_virt_aarch64");
+        assert_eq!(parsed.board().uart_base.get(), 0x0900_0000);
+        assert_eq!(parsed.board().memory().len(), 1);
+        assert_eq!(parsed.sections().len(), 1);
+        assert_eq!(parsed.bytes().len(), BOARD_ONLY_SIZE);
+    }
+
+    #[test]
+    fn trailing_bytes_are_ignored() {
+        let mut bytes = image();
+        bytes.extend_from_slice(&[0xAA; 100]);
+        let parsed = Image::parse(&bytes).unwrap();
+        assert_eq!(parsed.bytes().len(), BOARD_ONLY_SIZE);
+    }
+
+    #[test]
+    fn truncated_images_are_refused() {
+        let bytes = image();
+        assert_eq!(Image::parse(&[]).unwrap_err(), ImageError::Truncated);
+        assert_eq!(Image::parse(&bytes[..HEADER_SIZE - 1]).unwrap_err(), ImageError::Truncated);
+        assert_eq!(Image::parse(&bytes[..BOARD_ONLY_SIZE - 1]).unwrap_err(), ImageError::Truncated);
+    }
+
+    #[test]
+    fn bad_headers_are_refused() {
+        assert_eq!(with_header(|h| h.magic[0] = b'X'), Err(ImageError::BadMagic));
+        assert_eq!(with_header(|h| h.version = 2.into()), Err(ImageError::UnsupportedVersion(2)));
+        assert_eq!(with_header(|h| h.header_size = 40.into()), Err(ImageError::BadHeader));
+        assert_eq!(with_header(|h| h.reserved = 1.into()), Err(ImageError::BadHeader));
+        assert_eq!(with_header(|h| h.total_size = 8.into()), Err(ImageError::BadHeader));
+        assert_eq!(with_header(|h| h.total_size = u64::MAX.into()), Err(ImageError::Truncated));
+        assert_eq!(
+            with_header(|h| h.section_count = (MAX_SECTIONS + 1).into()),
+            Err(ImageError::BadSectionTable)
+        );
+        // A table that runs past the end of the image.
+        assert_eq!(with_header(|h| h.section_count = 10.into()), Err(ImageError::BadSectionTable));
+        assert_eq!(with_header(|h| h.section_count = 0.into()), Err(ImageError::MissingBoardInfo));
+    }
+
+    #[test]
+    fn bad_sections_are_refused() {
+        assert_eq!(with_section(|s| s.kind = 99.into()), Err(ImageError::UnknownSection(99)));
+        assert_eq!(with_section(|s| s.offset = 0.into()), Err(ImageError::BadSectionBounds));
+        assert_eq!(
+            with_section(|s| s.offset = (s.offset.get() + 4).into()),
+            Err(ImageError::BadSectionBounds)
+        );
+        assert_eq!(
+            with_section(|s| s.size = (s.size.get() + 8).into()),
+            Err(ImageError::BadSectionBounds)
+        );
+        assert_eq!(with_section(|s| s.offset = u64::MAX.into()), Err(ImageError::BadSectionBounds));
+        assert_eq!(
+            with_section(|s| s.size = (s.size.get() - 8).into()),
+            Err(ImageError::BadSectionSize(1))
+        );
+        assert_eq!(with_section(|s| s.reserved = 1.into()), Err(ImageError::BadSectionTable));
+    }
+
+    #[test]
+    fn duplicate_and_overlapping_sections_are_refused() {
+        // Two BoardInfo entries over the same body: overlap is found first.
+        let mut bytes = image();
+        let body = bytes.split_off(board_only_offset());
+        let mut second = *Section::ref_from_prefix(&bytes[HEADER_SIZE..]).unwrap().0;
+        bytes.extend_from_slice(second.as_bytes());
+        bytes.resize(bytes.len().next_multiple_of(8), 0);
+        let first_offset = bytes.len() as u64;
+        bytes.extend_from_slice(&body);
+        let second_offset = bytes.len() as u64;
+        bytes.extend_from_slice(&body);
+        let total = bytes.len() as u64;
+        {
+            let (header, rest) = Header::mut_from_prefix(&mut bytes).unwrap();
+            header.section_count = 2.into();
+            header.total_size = total.into();
+            let (table, _) = <[Section]>::mut_from_prefix_with_elems(rest, 2).unwrap();
+            table[0].offset = first_offset.into();
+            table[1].offset = second_offset.into();
+            second = table[1];
+        }
+        assert_eq!(Image::parse(&bytes).unwrap_err(), ImageError::DuplicateSection(1));
+        let (_, rest) = Header::mut_from_prefix(&mut bytes).unwrap();
+        let (table, _) = <[Section]>::mut_from_prefix_with_elems(rest, 2).unwrap();
+        table[1].offset = (second.offset.get() - 8).into();
+        assert_eq!(Image::parse(&bytes).unwrap_err(), ImageError::BadSectionBounds);
+    }
+
+    #[test]
+    fn bad_board_info_is_refused() {
+        assert_eq!(with_board(|b| b.name = [0; BOARD_NAME_LEN]), Err(ImageError::BadBoardName));
+        assert_eq!(with_board(|b| b.name[0] = 0xFF), Err(ImageError::BadBoardName));
+        assert_eq!(
+            with_board(|b| b.name[BOARD_NAME_LEN - 1] = b'x'),
+            Err(ImageError::BadBoardName)
+        );
+        assert_eq!(
+            with_board(|b| b.memory_region_count = 0.into()),
+            Err(ImageError::BadMemoryRegions)
+        );
+        assert_eq!(
+            with_board(|b| b.memory_region_count = 5.into()),
+            Err(ImageError::BadMemoryRegions)
+        );
+        assert_eq!(with_board(|b| b.memory[0].size = 0.into()), Err(ImageError::BadMemoryRegions));
+        assert_eq!(
+            with_board(|b| b.memory[0].base = u64::MAX.into()),
+            Err(ImageError::BadMemoryRegions)
+        );
+        // A used region that starts inside the previous one.
+        assert_eq!(
+            with_board(|b| {
+                b.memory_region_count = 2.into();
+                b.memory[1] = MemoryRegion { base: 0x5000_0000.into(), size: 0x1000.into() };
+            }),
+            Err(ImageError::BadMemoryRegions)
+        );
+        // Garbage in an unused entry.
+        assert_eq!(with_board(|b| b.memory[3].size = 1.into()), Err(ImageError::BadMemoryRegions));
+    }
+
+    proptest::proptest! {
+        /// Flipping bytes of a good image, or cutting it short, gives an
+        /// error or an image whose sections are in bounds: never a panic.
+        #[test]
+        fn mutated_images_are_refused_or_sound(
+            flips in proptest::collection::vec((0..BOARD_ONLY_SIZE, proptest::num::u8::ANY), 0..8),
+            cut in 0..=BOARD_ONLY_SIZE,
+        ) {
+            let mut bytes = image();
+            for (at, value) in flips {
+                bytes[at] = value;
+            }
+            bytes.truncate(cut);
+            if let Ok(parsed) = Image::parse(&bytes) {
+                assert!(parsed.bytes().len() <= bytes.len());
+                for section in parsed.sections() {
+                    let end = section.offset.get() + section.size.get();
+                    assert!(end <= parsed.bytes().len() as u64);
+                }
+                assert!(!parsed.board().name().is_empty());
+            }
+        }
+
+        /// Random bytes never panic the reader.
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = Image::parse(&bytes);
+        }
+    }
+
+    #[test]
+    fn name_encoding() {
+        assert!(BoardInfo::encode_name("").is_none());
+        assert!(BoardInfo::encode_name(&"x".repeat(BOARD_NAME_LEN + 1)).is_none());
+        let full = "y".repeat(BOARD_NAME_LEN);
+        let mut info = board();
+        info.name = BoardInfo::encode_name(&full).unwrap();
+        assert_eq!(info.name(), full);
+    }
+}

@@ -1,0 +1,350 @@
+//! Packing: the kernel ELF and the boot image into the file a board boots.
+//!
+//! The kernel is a static PIE linked at 0 (`kernel/link.ld`). Packing
+//! lays it out as one flat block of memory at the board's load address,
+//! applies its `R_AARCH64_RELATIVE` relocations for that address, and
+//! appends the boot image at the kernel's `__boot_image` symbol (the first
+//! 4 KiB boundary after its stack), where the kernel looks for it:
+//!
+//! ```text
+//! load address   +---------------------------+  <- entry (_start, offset 0)
+//!                | text, rodata, data        |
+//!                | bss + boot stack (zeroes) |
+//! __boot_image   +---------------------------+
+//!                | boot image (tenure-boot-  |
+//!                | image: header, sections)  |
+//!                +---------------------------+
+//! ```
+//!
+//! The block is written as a one-segment ELF (QEMU `-kernel`) or as a raw
+//! `kernel8.img`, as the board says. See
+//! `docs/decisions/0003-boot-image-layout.md`.
+
+use crate::board::{Board, ImageFormat};
+use object::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Rela, SectionHeader};
+use object::{LittleEndian as LE, Object, ObjectSymbol};
+use std::fmt;
+use tenure_boot_image::{BOARD_ONLY_SIZE, write_board_only};
+
+/// Alignment of the boot image after the kernel, and of the load address.
+const PAGE: u64 = 4096;
+/// The kernel symbol that marks where the boot image goes.
+const BOOT_IMAGE_SYMBOL: &str = "__boot_image";
+/// File offset of the segment in an ELF image: one page, after the
+/// headers.
+const ELF_SEGMENT_OFFSET: u64 = 0x1000;
+
+/// Why packing failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackError {
+    /// The kernel is not a readable ELF file.
+    NotElf(String),
+    /// The kernel is an ELF file of the wrong kind; the text says which.
+    WrongKernel(String),
+    /// The kernel has no `__boot_image` symbol, or it is misplaced.
+    NoBootImageSymbol,
+    /// The kernel has a relocation the packer cannot apply.
+    UnsupportedRelocation(u32),
+    /// A relocation or segment lies outside the kernel's memory.
+    OutOfBounds(u64),
+    /// The packed image does not fit in the board's RAM.
+    DoesNotFit {
+        /// Bytes needed.
+        size: u64,
+        /// The board.
+        board: &'static str,
+    },
+}
+
+impl fmt::Display for PackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotElf(why) => write!(f, "the kernel is not an ELF file: {why}"),
+            Self::WrongKernel(why) => write!(f, "the kernel ELF is not a Tenure kernel: {why}"),
+            Self::NoBootImageSymbol => write!(
+                f,
+                "the kernel ELF has no page-aligned '{BOOT_IMAGE_SYMBOL}' symbol after its segments (was it linked with kernel/link.ld and not stripped?)"
+            ),
+            Self::UnsupportedRelocation(kind) => write!(
+                f,
+                "the kernel ELF has a relocation of type {kind}; only R_AARCH64_RELATIVE can be applied"
+            ),
+            Self::OutOfBounds(addr) => {
+                write!(f, "the kernel ELF refers to {addr:#x}, outside its memory")
+            }
+            Self::DoesNotFit { size, board } => write!(
+                f,
+                "the packed image ({size} bytes) does not fit in the RAM of board '{board}' at its kernel load address"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PackError {}
+
+/// A packed image, ready to write to a file.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Its format.
+    pub format: ImageFormat,
+    /// Physical address the kernel runs at.
+    pub load_addr: u64,
+    /// Physical address of the entry point.
+    pub entry: u64,
+    /// Physical address of the boot image.
+    pub boot_image_addr: u64,
+    /// Bytes of memory from `load_addr` to the end of the boot image.
+    pub memory_size: u64,
+}
+
+/// The kernel, relocated and laid out as memory from its link base.
+struct KernelMemory {
+    /// Kernel memory from the link base to `__boot_image`: segments,
+    /// zero-filled bss and stack.
+    bytes: Vec<u8>,
+    /// Entry point, relative to the link base.
+    entry: u64,
+}
+
+/// Packs `kernel_elf` for `board` with an image that holds only the
+/// board's description (no PDs yet).
+pub fn pack_kernel(kernel_elf: &[u8], board: &Board) -> Result<Packed, PackError> {
+    let mut boot_image = vec![0; BOARD_ONLY_SIZE];
+    write_board_only(&mut boot_image, &board.boot_info());
+    pack(kernel_elf, board, &boot_image)
+}
+
+/// Packs `kernel_elf` and an encoded `boot_image` for `board`.
+pub fn pack(kernel_elf: &[u8], board: &Board, boot_image: &[u8]) -> Result<Packed, PackError> {
+    let kernel = load_kernel(kernel_elf, board.kernel_load_addr)?;
+    let mut memory = kernel.bytes;
+    let boot_image_offset = memory.len() as u64;
+    memory.extend_from_slice(boot_image);
+    let memory_size = memory.len() as u64;
+    let load_addr = board.kernel_load_addr;
+    let fits = board
+        .ram_containing(load_addr)
+        .is_some_and(|ram| ram.base + ram.size - load_addr >= memory_size);
+    if !fits {
+        return Err(PackError::DoesNotFit { size: memory_size, board: board.name });
+    }
+    let entry = load_addr + kernel.entry;
+    let bytes = match board.format {
+        ImageFormat::Raw if kernel.entry != 0 => {
+            return Err(PackError::WrongKernel(format!(
+                "a raw image is entered at its first byte, but the entry point is at offset {:#x}",
+                kernel.entry
+            )));
+        }
+        ImageFormat::Raw => memory,
+        ImageFormat::Elf => wrap_in_elf(&memory, load_addr, entry),
+    };
+    Ok(Packed {
+        bytes,
+        format: board.format,
+        load_addr,
+        entry,
+        boot_image_addr: load_addr + boot_image_offset,
+        memory_size,
+    })
+}
+
+/// Reads the kernel's segments into memory laid out from its link base,
+/// relocated to run at `load_addr`.
+fn load_kernel(data: &[u8], load_addr: u64) -> Result<KernelMemory, PackError> {
+    let file = ElfFile64::<LE>::parse(data).map_err(|e| PackError::NotElf(e.to_string()))?;
+    let header = file.elf_header();
+    let endian = LE;
+    if header.e_machine(endian) != elf::EM_AARCH64 {
+        return Err(PackError::WrongKernel("it is not an AArch64 ELF".into()));
+    }
+    if header.e_type(endian) != elf::ET_DYN {
+        return Err(PackError::WrongKernel(
+            "it is not position independent (ET_DYN); link it with kernel/link.ld".into(),
+        ));
+    }
+    let segments: Vec<_> =
+        file.elf_program_headers().iter().filter(|ph| ph.p_type(endian) == elf::PT_LOAD).collect();
+    let base = segments
+        .iter()
+        .map(|ph| ph.p_vaddr(endian))
+        .min()
+        .ok_or_else(|| PackError::WrongKernel("it has no loadable segment".into()))?;
+    if base % PAGE != 0 {
+        return Err(PackError::WrongKernel(format!("its link base {base:#x} is not page aligned")));
+    }
+    let boot_image = file
+        .symbols()
+        .find(|sym| sym.name() == Ok(BOOT_IMAGE_SYMBOL))
+        .map(|sym| sym.address())
+        .ok_or(PackError::NoBootImageSymbol)?;
+    let segments_end = segments
+        .iter()
+        .map(|ph| ph.p_vaddr(endian).saturating_add(ph.p_memsz(endian)))
+        .max()
+        .unwrap_or(base);
+    if boot_image % PAGE != 0 || boot_image < segments_end {
+        return Err(PackError::NoBootImageSymbol);
+    }
+
+    let size = boot_image - base;
+    let mut bytes = vec![0u8; usize::try_from(size).map_err(|_| PackError::OutOfBounds(size))?];
+    for ph in &segments {
+        let contents = ph
+            .data(endian, data)
+            .map_err(|()| PackError::WrongKernel("a segment lies outside the file".into()))?;
+        let start = (ph.p_vaddr(endian) - base) as usize;
+        if ph.p_filesz(endian) > ph.p_memsz(endian) {
+            return Err(PackError::WrongKernel("a segment has more file bytes than memory".into()));
+        }
+        bytes[start..start + contents.len()].copy_from_slice(contents);
+    }
+
+    for section in file.elf_section_table().iter() {
+        match section.sh_type(endian) {
+            elf::SHT_REL => return Err(PackError::UnsupportedRelocation(0)),
+            elf::SHT_RELA if section.sh_flags(endian) & u64::from(elf::SHF_ALLOC) != 0 => {
+                let relas: &[elf::Rela64<LE>] = section
+                    .data_as_array(endian, data)
+                    .map_err(|_| PackError::WrongKernel("its relocations are unreadable".into()))?;
+                for rela in relas {
+                    let kind = rela.r_type(endian, false);
+                    if kind != elf::R_AARCH64_RELATIVE {
+                        return Err(PackError::UnsupportedRelocation(kind));
+                    }
+                    relocate(
+                        &mut bytes,
+                        base,
+                        load_addr,
+                        rela.r_offset(endian),
+                        rela.r_addend(endian),
+                    )?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(KernelMemory { bytes, entry: header.e_entry(endian).wrapping_sub(base) })
+}
+
+/// Applies one `R_AARCH64_RELATIVE` relocation: the 64-bit word at link
+/// address `offset` becomes the run-time address of link address
+/// `addend` (ELF for the Arm 64-bit Architecture, section 5.7.12).
+fn relocate(
+    memory: &mut [u8],
+    base: u64,
+    load_addr: u64,
+    offset: u64,
+    addend: i64,
+) -> Result<(), PackError> {
+    let at = offset
+        .checked_sub(base)
+        .filter(|at| at.checked_add(8).is_some_and(|end| end <= memory.len() as u64))
+        .ok_or(PackError::OutOfBounds(offset))?;
+    let target = (addend as u64).wrapping_sub(base);
+    if target > memory.len() as u64 {
+        return Err(PackError::OutOfBounds(addend as u64));
+    }
+    let value = load_addr + target;
+    memory[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
+    Ok(())
+}
+
+/// An ELF executable with one RWX segment holding `memory` at `load_addr`
+/// (virtual and physical), entered at `entry`.
+fn wrap_in_elf(memory: &[u8], load_addr: u64, entry: u64) -> Vec<u8> {
+    use object::{U16, U32, U64};
+    let header = elf::FileHeader64::<LE> {
+        e_ident: elf::Ident {
+            magic: elf::ELFMAG,
+            class: elf::ELFCLASS64,
+            data: elf::ELFDATA2LSB,
+            version: elf::EV_CURRENT,
+            os_abi: elf::ELFOSABI_NONE,
+            abi_version: 0,
+            padding: [0; 7],
+        },
+        e_type: U16::new(LE, elf::ET_EXEC),
+        e_machine: U16::new(LE, elf::EM_AARCH64),
+        e_version: U32::new(LE, u32::from(elf::EV_CURRENT)),
+        e_entry: U64::new(LE, entry),
+        e_phoff: U64::new(LE, size_of::<elf::FileHeader64<LE>>() as u64),
+        e_shoff: U64::new(LE, 0),
+        e_flags: U32::new(LE, 0),
+        e_ehsize: U16::new(LE, size_of::<elf::FileHeader64<LE>>() as u16),
+        e_phentsize: U16::new(LE, size_of::<elf::ProgramHeader64<LE>>() as u16),
+        e_phnum: U16::new(LE, 1),
+        e_shentsize: U16::new(LE, size_of::<elf::SectionHeader64<LE>>() as u16),
+        e_shnum: U16::new(LE, 0),
+        e_shstrndx: U16::new(LE, 0),
+    };
+    let segment = elf::ProgramHeader64::<LE> {
+        p_type: U32::new(LE, elf::PT_LOAD),
+        p_flags: U32::new(LE, elf::PF_R | elf::PF_W | elf::PF_X),
+        p_offset: U64::new(LE, ELF_SEGMENT_OFFSET),
+        p_vaddr: U64::new(LE, load_addr),
+        p_paddr: U64::new(LE, load_addr),
+        p_filesz: U64::new(LE, memory.len() as u64),
+        p_memsz: U64::new(LE, memory.len() as u64),
+        p_align: U64::new(LE, PAGE),
+    };
+    let mut out = Vec::with_capacity(ELF_SEGMENT_OFFSET as usize + memory.len());
+    out.extend_from_slice(object::pod::bytes_of(&header));
+    out.extend_from_slice(object::pod::bytes_of(&segment));
+    out.resize(ELF_SEGMENT_OFFSET as usize, 0);
+    out.extend_from_slice(memory);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::by_name;
+
+    #[test]
+    fn relative_relocations_add_the_load_address() {
+        let mut memory = vec![0u8; 32];
+        relocate(&mut memory, 0, 0x4020_0000, 8, 0x18).unwrap();
+        assert_eq!(memory[8..16], 0x4020_0018u64.to_le_bytes());
+        assert_eq!(memory[..8], [0; 8]);
+    }
+
+    #[test]
+    fn relocations_outside_the_kernel_are_refused() {
+        let mut memory = vec![0u8; 32];
+        assert_eq!(relocate(&mut memory, 0, 0x8_0000, 25, 0), Err(PackError::OutOfBounds(25)));
+        assert_eq!(
+            relocate(&mut memory, 0, 0x8_0000, u64::MAX, 0),
+            Err(PackError::OutOfBounds(u64::MAX))
+        );
+        assert_eq!(relocate(&mut memory, 0x1000, 0x8_0000, 8, 0), Err(PackError::OutOfBounds(8)));
+        assert_eq!(
+            relocate(&mut memory, 0, 0x8_0000, 0, 0x1000),
+            Err(PackError::OutOfBounds(0x1000))
+        );
+    }
+
+    #[test]
+    fn the_elf_wrapper_has_one_segment_at_the_load_address() {
+        let memory = vec![0xAB; 5000];
+        let bytes = wrap_in_elf(&memory, 0x4020_0000, 0x4020_0000);
+        let file = ElfFile64::<LE>::parse(&*bytes).unwrap();
+        assert_eq!(file.elf_header().e_entry(LE), 0x4020_0000);
+        let phs = file.elf_program_headers();
+        assert_eq!(phs.len(), 1);
+        assert_eq!(phs[0].p_paddr(LE), 0x4020_0000);
+        assert_eq!(phs[0].data(LE, &*bytes).unwrap(), &memory[..]);
+    }
+
+    #[test]
+    fn garbage_is_not_a_kernel() {
+        let board = by_name("qemu_virt_aarch64").unwrap();
+        assert!(matches!(pack_kernel(b"not an elf", board), Err(PackError::NotElf(_))));
+        // An executable without the boot image symbol or PIE type.
+        let exec = wrap_in_elf(&[0; 16], 0x4020_0000, 0x4020_0000);
+        assert!(matches!(pack_kernel(&exec, board), Err(PackError::WrongKernel(_))));
+    }
+}
