@@ -28,6 +28,9 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -87,6 +90,19 @@ pub struct Section {
 pub enum SectionKind {
     /// A [`BoardInfo`]; exactly one per image.
     BoardInfo = 1,
+    /// The [`Stage2Config`] of PD address spaces.
+    Stage2Config = 2,
+    /// The protection domains: an array of [`PdEntry`], index = PD id.
+    Pds = 3,
+    /// Every PD's capabilities: an array of [`CapEntry`], each PD's a run
+    /// sorted by slot.
+    Caps = 4,
+    /// Physical memory to fill at boot: an array of [`LoadEntry`].
+    Loads = 5,
+    /// The bytes [`LoadEntry`]s copy.
+    Blob = 6,
+    /// Interrupts delivered to PDs: an array of [`IrqEntry`].
+    Irqs = 7,
 }
 
 impl SectionKind {
@@ -94,9 +110,123 @@ impl SectionKind {
     pub const fn from_raw(raw: u32) -> Option<Self> {
         match raw {
             1 => Some(Self::BoardInfo),
+            2 => Some(Self::Stage2Config),
+            3 => Some(Self::Pds),
+            4 => Some(Self::Caps),
+            5 => Some(Self::Loads),
+            6 => Some(Self::Blob),
+            7 => Some(Self::Irqs),
             _ => None,
         }
     }
+}
+
+/// Longest PD name (Microkit's limit).
+pub const PD_NAME_LEN: usize = 64;
+/// Most PDs a system has (Microkit's limit).
+pub const MAX_PDS: usize = 63;
+/// No parent, in [`PdEntry::parent`].
+pub const NO_PARENT: u8 = 0xff;
+
+/// How PD address spaces are translated: the VTCR_EL2 the tool computed
+/// with hyp-mm for the tables it built.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct Stage2Config {
+    /// VTCR_EL2 for every PD.
+    pub vtcr: U64,
+}
+
+/// One protection domain.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct PdEntry {
+    /// Name, UTF-8, NUL padded.
+    pub name: [u8; PD_NAME_LEN],
+    /// Scheduling priority, 0..=254.
+    pub priority: u8,
+    /// 1 if passive.
+    pub passive: u8,
+    /// Index of the parent PD, or [`NO_PARENT`].
+    pub parent: u8,
+    /// The id the parent knows this PD by.
+    pub child_id: u8,
+    /// VMID of its address space.
+    pub vmid: U32,
+    /// First instruction.
+    pub entry: U64,
+    /// Initial stack pointer.
+    pub sp: U64,
+    /// Physical address of its stage-2 root (VTTBR_EL2.BADDR).
+    pub stage2_root: U64,
+    /// Physical address of its IPC buffer page.
+    pub ipc_buffer: U64,
+    /// First of its capabilities in the [`CapEntry`] array.
+    pub cap_first: U32,
+    /// Number of its capabilities.
+    pub cap_count: U32,
+}
+
+impl PdEntry {
+    /// The PD's name, without its NUL padding (`"?"` if not UTF-8).
+    pub fn name(&self) -> &str {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(PD_NAME_LEN);
+        core::str::from_utf8(&self.name[..len]).unwrap_or("?")
+    }
+}
+
+/// One capability of a PD (kinds as in `tenure-abi`'s `CapKind`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct CapEntry {
+    /// Slot in the PD's table.
+    pub slot: zerocopy::little_endian::U16,
+    /// Kind (`CapKind` as a byte).
+    pub kind: u8,
+    /// Zero.
+    pub reserved: u8,
+    /// The object: a PD index, or an interrupt number.
+    pub target: U32,
+    /// Badge delivered with it.
+    pub badge: U64,
+}
+
+/// A range of physical memory the kernel fills before starting PDs:
+/// `data_size` bytes from the blob at `data_offset`, then zeroes up to
+/// `size`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct LoadEntry {
+    /// First physical address.
+    pub paddr: U64,
+    /// Bytes to fill.
+    pub size: U64,
+    /// Offset of the data in the [`SectionKind::Blob`] section.
+    pub data_offset: U64,
+    /// Bytes of data; the rest is zeroed.
+    pub data_size: U64,
+}
+
+/// An interrupt and the PD it is delivered to.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct IrqEntry {
+    /// GIC INTID.
+    pub intid: U32,
+    /// PD index.
+    pub pd: u8,
+    /// 1 for edge-triggered, 0 for level.
+    pub edge: u8,
+    /// Zero.
+    pub reserved: zerocopy::little_endian::U16,
+    /// Badge bits signalled (1 << the PD's channel id).
+    pub badge: U64,
 }
 
 /// A range of RAM: `base..base + size`.
@@ -242,6 +372,10 @@ pub enum ImageError {
     /// The memory regions are empty, too many, unsorted, overlapping,
     /// zero-sized or overflow the address space.
     BadMemoryRegions,
+    /// The system sections contradict each other: a PD's capabilities out
+    /// of range or unsorted, a capability naming no PD, a load outside the
+    /// blob, an interrupt for no PD, too many PDs.
+    BadSystem,
 }
 
 impl core::fmt::Display for ImageError {
@@ -265,6 +399,7 @@ impl core::fmt::Display for ImageError {
             Self::MissingBoardInfo => f.write_str("the boot image has no board information"),
             Self::BadBoardName => f.write_str("the boot image's board name is malformed"),
             Self::BadMemoryRegions => f.write_str("the boot image's memory regions are malformed"),
+            Self::BadSystem => f.write_str("the boot image's system sections are inconsistent"),
         }
     }
 }
@@ -275,6 +410,87 @@ pub struct Image<'a> {
     bytes: &'a [u8],
     sections: &'a [Section],
     board: &'a BoardInfo,
+    system: System<'a>,
+}
+
+/// The system sections of an image; empty for a board-only image.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct System<'a> {
+    /// How PD address spaces are translated (present iff there are PDs).
+    pub stage2: Option<&'a Stage2Config>,
+    /// The PDs, by index.
+    pub pds: &'a [PdEntry],
+    /// Their capabilities.
+    pub caps: &'a [CapEntry],
+    /// Memory to fill at boot.
+    pub loads: &'a [LoadEntry],
+    /// The data the loads copy.
+    pub blob: &'a [u8],
+    /// Interrupts and the PDs they go to.
+    pub irqs: &'a [IrqEntry],
+}
+
+impl<'a> System<'a> {
+    /// The capabilities of PD `pd` (sorted by slot).
+    pub fn caps_of(&self, pd: &PdEntry) -> &'a [CapEntry] {
+        let first = pd.cap_first.get() as usize;
+        self.caps.get(first..first + pd.cap_count.get() as usize).unwrap_or(&[])
+    }
+
+    /// The bytes a load copies.
+    pub fn data_of(&self, load: &LoadEntry) -> &'a [u8] {
+        let start = load.data_offset.get() as usize;
+        self.blob.get(start..start + load.data_size.get() as usize).unwrap_or(&[])
+    }
+
+    /// Cross-section rules: PDs within limits with known parents and
+    /// their caps in range and sorted; caps of known kinds naming existing
+    /// PDs; loads inside the blob and not overflowing; IRQs naming PDs.
+    fn check(&self) -> Result<(), ImageError> {
+        let pds = self.pds.len();
+        if pds > MAX_PDS || (pds > 0 && self.stage2.is_none()) {
+            return Err(ImageError::BadSystem);
+        }
+        for pd in self.pds {
+            let parent_ok = pd.parent == NO_PARENT || usize::from(pd.parent) < pds;
+            let first = pd.cap_first.get() as usize;
+            let end =
+                first.checked_add(pd.cap_count.get() as usize).ok_or(ImageError::BadSystem)?;
+            let caps = self.caps.get(first..end).ok_or(ImageError::BadSystem)?;
+            let sorted = caps.windows(2).all(|w| w[0].slot.get() < w[1].slot.get());
+            if !parent_ok
+                || !sorted
+                || pd.priority == 255
+                || core::str::from_utf8(&pd.name).is_err()
+            {
+                return Err(ImageError::BadSystem);
+            }
+        }
+        for cap in self.caps {
+            // Kinds 1 (notification), 2 (endpoint), 4 (child TCB) name PDs;
+            // 3 (IRQ handler) an interrupt; 5 and 6 are for later.
+            let ok = match cap.kind {
+                1 | 2 | 4 => (cap.target.get() as usize) < pds,
+                3 | 5 | 6 => true,
+                _ => false,
+            };
+            if !ok || cap.reserved != 0 {
+                return Err(ImageError::BadSystem);
+            }
+        }
+        for load in self.loads {
+            let data_end = load.data_offset.get().checked_add(load.data_size.get());
+            let fits = data_end.is_some_and(|e| e <= self.blob.len() as u64);
+            let end = load.paddr.get().checked_add(load.size.get());
+            if !fits || end.is_none() || load.data_size.get() > load.size.get() {
+                return Err(ImageError::BadSystem);
+            }
+        }
+        if self.irqs.iter().any(|i| usize::from(i.pd) >= pds || i.edge > 1) {
+            return Err(ImageError::BadSystem);
+        }
+        Ok(())
+    }
 }
 
 impl<'a> Image<'a> {
@@ -299,6 +515,7 @@ impl<'a> Image<'a> {
 
         let mut seen = 0u32;
         let mut board = None;
+        let mut system = System::default();
         for (i, section) in sections.iter().enumerate() {
             let (start, end) = section_range(section, table_end, total)?;
             for other in &sections[..i] {
@@ -319,17 +536,34 @@ impl<'a> Image<'a> {
             seen |= bit;
             // In bounds: `section_range` checked `end <= total`.
             let body = &bytes[start as usize..end as usize];
+            let size_err = ImageError::BadSectionSize(raw);
             match kind {
                 SectionKind::BoardInfo => {
-                    let info = BoardInfo::ref_from_bytes(body)
-                        .map_err(|_| ImageError::BadSectionSize(raw))?;
+                    let info = BoardInfo::ref_from_bytes(body).map_err(|_| size_err)?;
                     info.check()?;
                     board = Some(info);
                 }
+                SectionKind::Stage2Config => {
+                    system.stage2 = Some(Stage2Config::ref_from_bytes(body).map_err(|_| size_err)?);
+                }
+                SectionKind::Pds => {
+                    system.pds = <[PdEntry]>::ref_from_bytes(body).map_err(|_| size_err)?
+                }
+                SectionKind::Caps => {
+                    system.caps = <[CapEntry]>::ref_from_bytes(body).map_err(|_| size_err)?;
+                }
+                SectionKind::Loads => {
+                    system.loads = <[LoadEntry]>::ref_from_bytes(body).map_err(|_| size_err)?;
+                }
+                SectionKind::Blob => system.blob = body,
+                SectionKind::Irqs => {
+                    system.irqs = <[IrqEntry]>::ref_from_bytes(body).map_err(|_| size_err)?
+                }
             }
         }
+        system.check()?;
         let board = board.ok_or(ImageError::MissingBoardInfo)?;
-        Ok(Self { bytes, sections, board })
+        Ok(Self { bytes, sections, board, system })
     }
 
     /// Checks the magic and version and returns the header's
@@ -353,6 +587,11 @@ impl<'a> Image<'a> {
     /// The board the image was packed for.
     pub fn board(&self) -> &'a BoardInfo {
         self.board
+    }
+
+    /// The system: PDs, capabilities, memory to fill, interrupts.
+    pub fn system(&self) -> System<'a> {
+        self.system
     }
 
     /// The section table.
@@ -412,6 +651,74 @@ pub fn write_board_only<'a>(out: &'a mut [u8], board: &BoardInfo) -> &'a [u8] {
     out[..HEADER_SIZE].copy_from_slice(header.as_bytes());
     out[HEADER_SIZE..HEADER_SIZE + SECTION_ENTRY_SIZE].copy_from_slice(section.as_bytes());
     out[board_only_offset()..].copy_from_slice(board.as_bytes());
+    out
+}
+
+/// An image's contents, to be written by [`write_image`].
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, Default)]
+pub struct Parts {
+    /// How PD address spaces are translated; needed when there are PDs.
+    pub stage2: Option<Stage2Config>,
+    /// The PDs, by index.
+    pub pds: alloc::vec::Vec<PdEntry>,
+    /// Their capabilities.
+    pub caps: alloc::vec::Vec<CapEntry>,
+    /// Memory to fill at boot.
+    pub loads: alloc::vec::Vec<LoadEntry>,
+    /// The data the loads copy.
+    pub blob: alloc::vec::Vec<u8>,
+    /// Interrupts and the PDs they go to.
+    pub irqs: alloc::vec::Vec<IrqEntry>,
+}
+
+/// Writes an image of `board` and `parts`; empty system sections are left
+/// out, so a system without PDs is a board-only image.
+#[cfg(feature = "alloc")]
+#[must_use]
+pub fn write_image(board: &BoardInfo, parts: &Parts) -> alloc::vec::Vec<u8> {
+    use alloc::vec::Vec;
+    let mut bodies: Vec<(SectionKind, &[u8])> = Vec::new();
+    bodies.push((SectionKind::BoardInfo, board.as_bytes()));
+    if let Some(stage2) = &parts.stage2 {
+        bodies.push((SectionKind::Stage2Config, stage2.as_bytes()));
+    }
+    let arrays: [(SectionKind, &[u8]); 5] = [
+        (SectionKind::Pds, parts.pds.as_bytes()),
+        (SectionKind::Caps, parts.caps.as_bytes()),
+        (SectionKind::Loads, parts.loads.as_bytes()),
+        (SectionKind::Blob, &parts.blob),
+        (SectionKind::Irqs, parts.irqs.as_bytes()),
+    ];
+    bodies.extend(arrays.into_iter().filter(|(_, b)| !b.is_empty()));
+    let table_end = HEADER_SIZE + bodies.len() * SECTION_ENTRY_SIZE;
+    let mut offset = table_end.next_multiple_of(SECTION_ALIGN as usize);
+    let mut sections = Vec::new();
+    for (kind, body) in &bodies {
+        sections.push(Section {
+            kind: (*kind as u32).into(),
+            reserved: 0.into(),
+            offset: (offset as u64).into(),
+            size: (body.len() as u64).into(),
+        });
+        offset = (offset + body.len()).next_multiple_of(SECTION_ALIGN as usize);
+    }
+    let header = Header {
+        magic: MAGIC,
+        version: VERSION.into(),
+        header_size: (HEADER_SIZE as u32).into(),
+        total_size: (offset as u64).into(),
+        section_count: (bodies.len() as u32).into(),
+        reserved: 0.into(),
+    };
+    let mut out = alloc::vec![0u8; offset];
+    out[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+    for (i, (section, (_, body))) in sections.iter().zip(&bodies).enumerate() {
+        let at = HEADER_SIZE + i * SECTION_ENTRY_SIZE;
+        out[at..at + SECTION_ENTRY_SIZE].copy_from_slice(section.as_bytes());
+        let start = section.offset.get() as usize;
+        out[start..start + body.len()].copy_from_slice(body);
+    }
     out
 }
 
@@ -640,5 +947,111 @@ mod tests {
         let mut info = board();
         info.name = BoardInfo::encode_name(&full).unwrap();
         assert_eq!(info.name(), full);
+    }
+
+    #[cfg(feature = "alloc")]
+    mod system {
+        use super::*;
+
+        fn pd(name: &str, parent: u8, caps: (u32, u32)) -> PdEntry {
+            let mut n = [0u8; PD_NAME_LEN];
+            n[..name.len()].copy_from_slice(name.as_bytes());
+            PdEntry {
+                name: n,
+                priority: 10,
+                passive: 0,
+                parent,
+                child_id: 0,
+                vmid: 1.into(),
+                entry: 0x20_0000.into(),
+                sp: 0xff_ffff_e000.into(),
+                stage2_root: 0x4800_0000.into(),
+                ipc_buffer: 0x4810_0000.into(),
+                cap_first: caps.0.into(),
+                cap_count: caps.1.into(),
+            }
+        }
+
+        fn cap(slot: u16, kind: u8, target: u32) -> CapEntry {
+            CapEntry {
+                slot: slot.into(),
+                kind,
+                reserved: 0,
+                target: target.into(),
+                badge: 4.into(),
+            }
+        }
+
+        fn parts() -> Parts {
+            Parts {
+                stage2: Some(Stage2Config { vtcr: 0x8004_3558.into() }),
+                pds: vec![pd("ping", NO_PARENT, (0, 2)), pd("pong", 0, (2, 1))],
+                caps: vec![cap(10, 1, 1), cap(74, 2, 1), cap(10, 1, 0)],
+                loads: vec![LoadEntry {
+                    paddr: 0x4100_0000.into(),
+                    size: 0x2000.into(),
+                    data_offset: 0.into(),
+                    data_size: 3.into(),
+                }],
+                blob: vec![1, 2, 3],
+                irqs: vec![IrqEntry {
+                    intid: 33.into(),
+                    pd: 1,
+                    edge: 0,
+                    reserved: 0.into(),
+                    badge: 2.into(),
+                }],
+            }
+        }
+
+        #[test]
+        fn a_system_round_trips_through_the_image() {
+            let bytes = write_image(&board(), &parts());
+            let image = Image::parse(&bytes).unwrap();
+            let sys = image.system();
+            assert_eq!(sys.pds.len(), 2);
+            assert_eq!(sys.pds[1].name(), "pong");
+            assert_eq!(sys.caps_of(&sys.pds[0]), &parts().caps[..2]);
+            assert_eq!(sys.data_of(&sys.loads[0]), [1, 2, 3]);
+            assert_eq!(sys.irqs[0].intid.get(), 33);
+            assert_eq!(sys.stage2.unwrap().vtcr.get(), 0x8004_3558);
+        }
+
+        #[test]
+        fn inconsistent_systems_are_refused() {
+            let refused = |edit: fn(&mut Parts)| {
+                let mut p = parts();
+                edit(&mut p);
+                Image::parse(&write_image(&board(), &p)).map(|_| ())
+            };
+            assert_eq!(refused(|p| p.pds[0].cap_count = 9.into()), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.pds[1].parent = 7), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.caps[0].target = 5.into()), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.caps[0].kind = 9), Err(ImageError::BadSystem));
+            assert_eq!(
+                refused(|p| p.caps.swap(0, 1)),
+                Err(ImageError::BadSystem),
+                "unsorted slots"
+            );
+            assert_eq!(refused(|p| p.loads[0].data_size = 4.into()), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.irqs[0].pd = 2), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.stage2 = None), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.pds[0].priority = 255), Err(ImageError::BadSystem));
+        }
+
+        #[test]
+        fn a_truncated_pd_array_is_a_bad_section_size() {
+            let mut bytes = write_image(&board(), &parts());
+            let image = Image::parse(&bytes).unwrap();
+            let pds = image
+                .sections()
+                .iter()
+                .position(|s| s.kind.get() == SectionKind::Pds as u32)
+                .unwrap();
+            let at = HEADER_SIZE + pds * SECTION_ENTRY_SIZE + 16;
+            let size = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+            bytes[at..at + 8].copy_from_slice(&(size - 1).to_le_bytes());
+            assert_eq!(Image::parse(&bytes).map(|_| ()), Err(ImageError::BadSectionSize(3)));
+        }
     }
 }
