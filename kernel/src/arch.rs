@@ -68,12 +68,28 @@ _start:
     b       .Lpark
 
     // 16 entries of 0x80 bytes, table aligned to 2 KiB (Arm ARM D1.3.1).
+    // Entries 8 and 9 (synchronous and IRQ from AArch64 EL0: a PD) save
+    // the PD's registers and go to `pd_exception`; every other one is
+    // unexpected and reported.
     .section .text.vectors, "ax"
     .balign 0x800
     .global exception_vectors
 exception_vectors:
     .set .Lvector, 0
-    .rept 16
+    .rept 8
+    .balign 0x80
+    mov     x0, #.Lvector
+    b       .Lunexpected
+    .set .Lvector, .Lvector + 1
+    .endr
+    .rept 2
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #.Lvector
+    b       .Lfrom_pd
+    .set .Lvector, .Lvector + 1
+    .endr
+    .rept 6
     .balign 0x80
     mov     x0, #.Lvector
     b       .Lunexpected
@@ -82,6 +98,66 @@ exception_vectors:
 .Lunexpected:
     bl      unexpected_exception
     b       .Lpark
+
+    // Saves the PD's registers into the context TPIDR_EL2 points at (see
+    // `run::Context`: x0..x30 at 0, SP_EL0 at 248, ELR at 256, SPSR at
+    // 264), with x0 = the vector index and the PD's x0, x1 on the stack.
+.Lfrom_pd:
+    mrs     x1, tpidr_el2
+    stp     x2, x3, [x1, #16]
+    stp     x4, x5, [x1, #32]
+    stp     x6, x7, [x1, #48]
+    stp     x8, x9, [x1, #64]
+    stp     x10, x11, [x1, #80]
+    stp     x12, x13, [x1, #96]
+    stp     x14, x15, [x1, #112]
+    stp     x16, x17, [x1, #128]
+    stp     x18, x19, [x1, #144]
+    stp     x20, x21, [x1, #160]
+    stp     x22, x23, [x1, #176]
+    stp     x24, x25, [x1, #192]
+    stp     x26, x27, [x1, #208]
+    stp     x28, x29, [x1, #224]
+    str     x30, [x1, #240]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x1, #0]
+    mrs     x2, sp_el0
+    mrs     x3, elr_el2
+    mrs     x4, spsr_el2
+    str     x2, [x1, #248]
+    stp     x3, x4, [x1, #256]
+    bl      pd_exception
+
+    // Restores the context TPIDR_EL2 points at and returns to its PD, on a
+    // fresh kernel stack for the next exception.
+    .global return_to_pd
+return_to_pd:
+    adrp    x0, __stack_top
+    add     x0, x0, :lo12:__stack_top
+    mov     sp, x0
+    mrs     x1, tpidr_el2
+    ldr     x2, [x1, #248]
+    ldp     x3, x4, [x1, #256]
+    msr     sp_el0, x2
+    msr     elr_el2, x3
+    msr     spsr_el2, x4
+    ldp     x2, x3, [x1, #16]
+    ldp     x4, x5, [x1, #32]
+    ldp     x6, x7, [x1, #48]
+    ldp     x8, x9, [x1, #64]
+    ldp     x10, x11, [x1, #80]
+    ldp     x12, x13, [x1, #96]
+    ldp     x14, x15, [x1, #112]
+    ldp     x16, x17, [x1, #128]
+    ldp     x18, x19, [x1, #144]
+    ldp     x20, x21, [x1, #160]
+    ldp     x22, x23, [x1, #176]
+    ldp     x24, x25, [x1, #192]
+    ldp     x26, x27, [x1, #208]
+    ldp     x28, x29, [x1, #224]
+    ldr     x30, [x1, #240]
+    ldp     x0, x1, [x1, #0]
+    eret
 "#,
     cptr = const CPTR_EL2_NO_TRAPS,
 );
@@ -131,8 +207,10 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
         let _ = boot::boot_tests(&mut out, &state);
     } else if current_el != 2 {
         crate::kprintln!("Tenure needs to be entered at EL2; stopping.");
-    } else {
-        crate::kprintln!("No protection domains in this image yet; the kernel stops here.");
+    } else if image.system().pds.is_empty() {
+        crate::kprintln!("No protection domains in this image; the kernel stops here.");
+    } else if let Err(e) = crate::run::start(image.system()) {
+        crate::kprintln!("Cannot start the system: {e:?}");
     }
     halt()
 }
@@ -200,6 +278,16 @@ use read_sysreg;
 
 fn read_vbar_el2() -> u64 {
     read_sysreg!("vbar_el2")
+}
+
+/// ESR_EL2: why the last exception to EL2 was taken.
+pub fn read_esr() -> u64 {
+    read_sysreg!("esr_el2")
+}
+
+/// FAR_EL2: the faulting address of the last abort to EL2.
+pub fn read_far() -> u64 {
+    read_sysreg!("far_el2")
 }
 
 /// `fmt::Write` onto the console.

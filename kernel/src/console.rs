@@ -37,6 +37,17 @@ pub fn print(args: fmt::Arguments<'_>) {
     uart.flush();
 }
 
+/// Writes one raw byte to the console (a PD's debug output).
+pub fn put(byte: u8) {
+    let base = UART_BASE.load(Ordering::Acquire);
+    if base == 0 {
+        return;
+    }
+    // SAFETY: as in `print`.
+    let mut uart = unsafe { Pl011::new(base) };
+    uart.put(byte);
+}
+
 /// Prints to the console, like `print!`.
 #[macro_export]
 macro_rules! kprint {

@@ -18,3 +18,5 @@ pub mod system;
 
 #[cfg(target_os = "none")]
 pub mod arch;
+#[cfg(target_os = "none")]
+pub mod run;

@@ -1,0 +1,284 @@
+//! Running the system: PDs at EL0 in their stage-2 address spaces, their
+//! traps turned into calls on [`crate::system::System`], and the machine
+//! side of its effects (registers, IPC buffers, fault reports).
+//!
+//! Every `unsafe` operation here is a system register write or an access
+//! to physical memory the boot image describes; the rules live in
+//! `system`, which is host-tested.
+//!
+//! Registers on entry to a PD (Arm ARM D1.3, exception return):
+//! ELR_EL2 = PC, SPSR_EL2 = EL0t with interrupts unmasked, SP_EL0 = the
+//! stack the tool placed, VTTBR_EL2 = (VMID << 48) | stage-2 root.
+
+use crate::system::{Cap, FaultKind, Machine, Pd, PdId, System};
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use tenure_abi::{CapKind, MSG_REGS, MessageInfo, Slot};
+use tenure_boot_image::{MAX_PDS, NO_PARENT, PdEntry, System as ImageSystem};
+
+/// Most capabilities all PDs hold together; checked at boot.
+pub const MAX_CAPS: usize = 4096;
+
+/// HCR_EL2 for PDs (Arm ARM D24.2.48): RW (EL1 is AArch64), TGE (EL0
+/// exceptions come to EL2), DC (stage 1 off, memory Normal write-back),
+/// VM (stage 2 on), TSC (SMC traps).
+const HCR_PD: u64 = (1 << 31) | (1 << 27) | (1 << 19) | (1 << 12) | 1;
+/// CPACR_EL1.FPEN = 0b11: no FP/SIMD traps at EL0.
+const CPACR_FPEN: u64 = 0b11 << 20;
+/// SPSR_EL2 for a PD: EL0t, DAIF clear.
+const SPSR_EL0: u64 = 0;
+
+/// The registers of a PD while the kernel runs; the layout is fixed by
+/// the save and restore code in `arch` (x0..x30, SP_EL0, ELR, SPSR).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Context {
+    /// General-purpose registers.
+    pub x: [u64; 31],
+    /// The EL0 stack pointer.
+    pub sp_el0: u64,
+    /// Where the PD resumes.
+    pub elr: u64,
+    /// Its saved PSTATE.
+    pub spsr: u64,
+}
+
+/// Kernel state behind a cell that only the one kernel thread touches.
+struct KernelCell<T>(UnsafeCell<T>);
+
+// SAFETY: the kernel runs on one core with interrupts masked whenever it
+// runs, so no two accesses to a cell overlap.
+unsafe impl<T> Sync for KernelCell<T> {}
+
+/// Everything the running system needs.
+struct Running {
+    system: System<'static, MAX_PDS>,
+    hw: Hw,
+}
+
+/// The machine side: contexts and the image's PD descriptions.
+struct Hw {
+    contexts: [Context; MAX_PDS],
+    pds: &'static [PdEntry],
+}
+
+static STATE: KernelCell<Option<Running>> = KernelCell(UnsafeCell::new(None));
+static CAPS: KernelCell<[(Slot, Cap); MAX_CAPS]> = KernelCell(UnsafeCell::new(
+    [(Slot(0), Cap { kind: CapKind::Null, target: 0, badge: 0 }); MAX_CAPS],
+));
+
+/// Why the system in the image cannot run.
+#[derive(Clone, Copy, Debug)]
+pub enum StartError {
+    /// More capabilities than [`MAX_CAPS`].
+    TooManyCaps,
+}
+
+/// Fills memory from the image, sets up stage 2 and starts the system;
+/// does not return. Called once, at boot, at EL2.
+pub fn start(image: ImageSystem<'static>) -> Result<(), StartError> {
+    load(&image);
+    // SAFETY: only `start` writes CAPS, once, before any PD runs; the
+    // references handed to `System` are never written again.
+    let table = unsafe { &mut *CAPS.0.get() };
+    if image.caps.len() > MAX_CAPS {
+        return Err(StartError::TooManyCaps);
+    }
+    for (out, cap) in table.iter_mut().zip(image.caps) {
+        let kind = CapKind::from_raw(cap.kind).unwrap_or(CapKind::Null);
+        *out =
+            (Slot(cap.slot.get()), Cap { kind, target: cap.target.get(), badge: cap.badge.get() });
+    }
+    let table: &'static [(Slot, Cap)] = table;
+    let mut contexts = [Context::default(); MAX_PDS];
+    let pds = image.pds.iter().zip(&mut contexts).map(|(pd, ctx)| {
+        ctx.elr = pd.entry.get();
+        ctx.sp_el0 = pd.sp.get();
+        ctx.spsr = SPSR_EL0;
+        let first = pd.cap_first.get() as usize;
+        let caps = &table[first..first + pd.cap_count.get() as usize];
+        let parent = (pd.parent != NO_PARENT).then_some((PdId(pd.parent), pd.child_id));
+        Pd::new(pd.priority, parent, caps)
+    });
+    let system = System::new(pds);
+    let vtcr = image.stage2.map_or(0, |c| c.vtcr.get());
+    // SAFETY: EL2 configuration for running PDs: HCR, VTCR and CPACR only
+    // affect lower exception levels, which run nothing yet.
+    unsafe {
+        asm!(
+            "msr hcr_el2, {hcr}",
+            "msr vtcr_el2, {vtcr}",
+            "msr cpacr_el1, {cpacr}",
+            "tlbi alle1",
+            "dsb sy",
+            "isb",
+            hcr = in(reg) HCR_PD,
+            vtcr = in(reg) vtcr,
+            cpacr = in(reg) CPACR_FPEN,
+            options(nostack),
+        );
+    }
+    // SAFETY: the single kernel thread, before any exception can enter.
+    unsafe { *STATE.0.get() = Some(Running { system, hw: Hw { contexts, pds: image.pds } }) };
+    switch_to_current()
+}
+
+/// Copies the image's loads into physical memory and zeroes the rest of
+/// each range, then cleans it to the point of coherency, so PDs (which
+/// see it cacheable) read what was written with the MMU off.
+fn load(image: &ImageSystem<'static>) {
+    for load in image.loads {
+        let base = load.paddr.get() as usize;
+        let data = image.data_of(load);
+        for i in 0..load.size.get() as usize {
+            let byte = data.get(i).copied().unwrap_or(0);
+            // SAFETY: the tool placed every load in RAM that the kernel
+            // and its image do not occupy, for exactly this copy.
+            unsafe { core::ptr::write_volatile((base + i) as *mut u8, byte) };
+        }
+        let mut line = base & !63;
+        while line < base + load.size.get() as usize {
+            // SAFETY: cache maintenance by address on memory just written.
+            unsafe { asm!("dc civac, {}", in(reg) line, options(nostack, preserves_flags)) };
+            line += 64;
+        }
+    }
+    // SAFETY: barriers and instruction-cache invalidation have no memory
+    // effects beyond making the copies visible.
+    unsafe { asm!("dsb sy", "ic iallu", "dsb sy", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Makes the current PD's context the one `return_to_pd` restores, with
+/// its address space, and returns to it; idles if nothing runs.
+fn switch_to_current() -> ! {
+    unsafe extern "C" {
+        /// Restores the context `TPIDR_EL2` points at and returns to EL0.
+        fn return_to_pd() -> !;
+    }
+    prepare_current();
+    // SAFETY: `prepare_current` pointed TPIDR_EL2 at a complete context
+    // and installed its stage 2; `return_to_pd` only erets into it.
+    unsafe { return_to_pd() }
+}
+
+/// Points TPIDR_EL2 at the current PD's context and installs its address
+/// space; waits for an interrupt while no PD can run.
+fn prepare_current() {
+    loop {
+        // SAFETY: the single kernel thread, interrupts masked.
+        let state = unsafe { &mut *STATE.0.get() };
+        let Some(running) = state.as_mut() else { crate::arch::halt() };
+        if let Some(pd) = running.system.current() {
+            let ctx = &raw mut running.hw.contexts[usize::from(pd.0)];
+            let entry = &running.hw.pds[usize::from(pd.0)];
+            let vttbr = (u64::from(entry.vmid.get()) << 48) | entry.stage2_root.get();
+            // SAFETY: TPIDR_EL2 is the kernel's own register; VTTBR_EL2
+            // names a stage-2 table the tool built for this PD.
+            unsafe {
+                asm!(
+                    "msr tpidr_el2, {ctx}",
+                    "msr vttbr_el2, {vttbr}",
+                    "isb",
+                    ctx = in(reg) ctx,
+                    vttbr = in(reg) vttbr,
+                    options(nostack, preserves_flags),
+                )
+            };
+            return;
+        }
+        // Nothing runs: wait. Interrupts are not routed yet, so this is
+        // where a system whose PDs all wait comes to rest.
+        // SAFETY: `wfi` only waits.
+        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// Handles an exception from a PD (vector table index `vector`), with its
+/// registers saved in its context; returns with TPIDR_EL2 naming the PD
+/// to resume.
+#[unsafe(no_mangle)]
+extern "C" fn pd_exception(vector: u64) {
+    // SAFETY: the single kernel thread, interrupts masked.
+    let state = unsafe { &mut *STATE.0.get() };
+    let Some(Running { system, hw }) = state.as_mut() else { crate::arch::halt() };
+    let Some(cur) = system.current() else { crate::arch::halt() };
+    let esr = crate::arch::read_esr();
+    let ec = (esr >> 26) & 0x3f;
+    match (vector, ec) {
+        // SVC from AArch64 EL0.
+        (8, 0x15) => {
+            let x = hw.contexts[usize::from(cur.0)].x;
+            system.syscall(hw, x[7], x[0], x[1], x[6]);
+        }
+        // Instruction or data abort from EL0: a stage-2 fault.
+        (8, 0x20 | 0x24) => system.fault(hw, cur, FaultKind::VmFault),
+        (8, _) => system.fault(hw, cur, FaultKind::UserException),
+        _ => {}
+    }
+    prepare_current();
+}
+
+impl Hw {
+    fn ctx(&mut self, pd: PdId) -> &mut Context {
+        &mut self.contexts[usize::from(pd.0)]
+    }
+
+    /// Physical address of message register `i` of `pd`'s IPC buffer.
+    fn mr_addr(&self, pd: PdId, i: usize) -> usize {
+        self.pds[usize::from(pd.0)].ipc_buffer.get() as usize + i * 8
+    }
+}
+
+impl Machine for Hw {
+    fn transfer(&mut self, from: PdId, to: PdId, info: MessageInfo) {
+        let count = info.count().min(MSG_REGS);
+        for i in 0..count.min(tenure_abi::FAST_MSG_REGS) {
+            let v = self.ctx(from).x[2 + i];
+            self.ctx(to).x[2 + i] = v;
+        }
+        for i in tenure_abi::FAST_MSG_REGS..count {
+            // SAFETY: the IPC buffers are RAM pages the tool gave these
+            // PDs, 8-byte aligned; `i` is below MSG_REGS, inside the page.
+            let v = unsafe { core::ptr::read_volatile(self.mr_addr(from, i) as *const u64) };
+            // SAFETY: as above, for the receiver's buffer.
+            unsafe { core::ptr::write_volatile(self.mr_addr(to, i) as *mut u64, v) };
+        }
+    }
+
+    fn set_return(&mut self, pd: PdId, x0: u64, x1: u64) {
+        let ctx = self.ctx(pd);
+        ctx.x[0] = x0;
+        ctx.x[1] = x1;
+    }
+
+    fn fault_message(&mut self, child: PdId, parent: PdId, _kind: FaultKind) {
+        // MR0 = PC, MR1 = faulting address, MR2 = ESR (seL4's VMFault order
+        // starts with IP and address).
+        let pc = self.ctx(child).elr;
+        let (far, esr) = (crate::arch::read_far(), crate::arch::read_esr());
+        let ctx = self.ctx(parent);
+        ctx.x[2] = pc;
+        ctx.x[3] = far;
+        ctx.x[4] = esr;
+    }
+
+    fn unmask_irq(&mut self, _irq: u32) {}
+
+    fn set_pc(&mut self, pd: PdId, pc: u64) {
+        self.ctx(pd).elr = pc;
+    }
+
+    fn report_fault(&mut self, pd: PdId, kind: FaultKind) {
+        let name = self.pds[usize::from(pd.0)].name();
+        let pc = self.ctx(pd).elr;
+        crate::kprintln!(
+            "FAULT: PD '{name}' stopped: {kind:?} at address {:#x}, pc {pc:#x} (ESR {:#x})",
+            crate::arch::read_far(),
+            crate::arch::read_esr()
+        );
+    }
+
+    fn debug_putc(&mut self, byte: u8) {
+        crate::console::put(byte);
+    }
+}
