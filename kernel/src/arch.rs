@@ -209,7 +209,7 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
         crate::kprintln!("Tenure needs to be entered at EL2; stopping.");
     } else if image.system().pds.is_empty() {
         crate::kprintln!("No protection domains in this image; the kernel stops here.");
-    } else if let Err(e) = crate::run::start(image.system()) {
+    } else if let Err(e) = crate::run::start(image.system(), board) {
         crate::kprintln!("Cannot start the system: {e:?}");
     }
     halt()

@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod console;
 pub mod exception;
+pub mod gic;
 pub mod pl011;
 pub mod system;
 

@@ -10,11 +10,12 @@
 //! ELR_EL2 = PC, SPSR_EL2 = EL0t with interrupts unmasked, SP_EL0 = the
 //! stack the tool placed, VTTBR_EL2 = (VMID << 48) | stage-2 root.
 
+use crate::gic::{self, CpuInterface, Distributor};
 use crate::system::{Cap, FaultKind, Machine, Pd, PdId, System};
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use tenure_abi::{CapKind, MSG_REGS, MessageInfo, Slot};
-use tenure_boot_image::{MAX_PDS, NO_PARENT, PdEntry, System as ImageSystem};
+use tenure_boot_image::{BoardInfo, IrqEntry, MAX_PDS, NO_PARENT, PdEntry, System as ImageSystem};
 
 /// Most capabilities all PDs hold together; checked at boot.
 pub const MAX_CAPS: usize = 4096;
@@ -56,10 +57,116 @@ struct Running {
     hw: Hw,
 }
 
-/// The machine side: contexts and the image's PD descriptions.
+/// The machine side: contexts, the image's PD descriptions and the
+/// interrupt controller.
 struct Hw {
     contexts: [Context; MAX_PDS],
     pds: &'static [PdEntry],
+    irqs: &'static [IrqEntry],
+    gic: Gic,
+    timer_intid: u32,
+    tick: u64,
+}
+
+/// Scheduler ticks per second (round robin among equal priorities).
+const TICKS_PER_SECOND: u64 = 100;
+/// Priority the kernel gives every interrupt (lower is more urgent; all
+/// equal, so none preempts another: the kernel never nests).
+const IRQ_PRIORITY: u32 = 0xa0;
+
+/// The GICv2 at the addresses the boot image gives.
+struct Gic {
+    gicd: *mut Distributor,
+    gicc: *mut CpuInterface,
+}
+
+/// Offsets of distributor register arrays.
+mod gicd {
+    use crate::gic::Distributor;
+    use core::mem::offset_of;
+    pub const CTLR: usize = offset_of!(Distributor, ctlr);
+    pub const ISENABLER: usize = offset_of!(Distributor, isenabler);
+    pub const ICENABLER: usize = offset_of!(Distributor, icenabler);
+    pub const IPRIORITYR: usize = offset_of!(Distributor, ipriorityr);
+    pub const ITARGETSR: usize = offset_of!(Distributor, itargetsr);
+    pub const ICFGR: usize = offset_of!(Distributor, icfgr);
+}
+
+/// Offsets of CPU interface registers.
+mod gicc {
+    use crate::gic::CpuInterface;
+    use core::mem::offset_of;
+    pub const CTLR: usize = offset_of!(CpuInterface, ctlr);
+    pub const PMR: usize = offset_of!(CpuInterface, pmr);
+    pub const IAR: usize = offset_of!(CpuInterface, iar);
+    pub const EOIR: usize = offset_of!(CpuInterface, eoir);
+}
+
+impl Gic {
+    fn d(&self, offset: usize, index: usize) -> *mut u32 {
+        self.gicd.cast::<u8>().wrapping_add(offset + 4 * index).cast()
+    }
+
+    fn c(&self, offset: usize) -> *mut u32 {
+        self.gicc.cast::<u8>().wrapping_add(offset).cast()
+    }
+
+    fn write(reg: *mut u32, value: u32) {
+        // SAFETY: every `reg` is a register of the board's GICv2, whose
+        // bases the boot image gives; the MMU is off, so they are device
+        // memory; only the kernel drives the GIC, on one core.
+        unsafe { reg.write_volatile(value) }
+    }
+
+    fn read(reg: *mut u32) -> u32 {
+        // SAFETY: as in `write`; the registers read here have no read side
+        // effect except GICC_IAR, whose acknowledgement the caller ends.
+        unsafe { reg.read_volatile() }
+    }
+
+    /// Enables the distributor and this CPU's interface, all priorities.
+    fn init(&self) {
+        Self::write(self.d(gicd::CTLR, 0), 1);
+        Self::write(self.c(gicc::PMR), 0xff);
+        Self::write(self.c(gicc::CTLR), 1);
+    }
+
+    /// Routes `intid` to this CPU as edge- or level-triggered and enables
+    /// it.
+    fn route(&self, intid: u32, edge: bool) {
+        if intid >= 32 {
+            let (reg, shift) = gic::config_field(intid);
+            let cfg = self.d(gicd::ICFGR, reg);
+            Self::write(cfg, (Self::read(cfg) & !(1 << shift)) | (u32::from(edge) << shift));
+            let (reg, shift) = gic::byte_field(intid);
+            let targets = self.d(gicd::ITARGETSR, reg);
+            Self::write(targets, (Self::read(targets) & !(0xff << shift)) | (1 << shift));
+        }
+        let (reg, shift) = gic::byte_field(intid);
+        let prio = self.d(gicd::IPRIORITYR, reg);
+        Self::write(prio, (Self::read(prio) & !(0xff << shift)) | (IRQ_PRIORITY << shift));
+        self.unmask(intid);
+    }
+
+    fn unmask(&self, intid: u32) {
+        let (reg, bit) = gic::enable_bit(intid);
+        Self::write(self.d(gicd::ISENABLER, reg), bit);
+    }
+
+    fn mask(&self, intid: u32) {
+        let (reg, bit) = gic::enable_bit(intid);
+        Self::write(self.d(gicd::ICENABLER, reg), bit);
+    }
+
+    /// Acknowledges the highest pending interrupt: GICC_IAR, or `None`.
+    fn acknowledge(&self) -> Option<u32> {
+        let iar = Self::read(self.c(gicc::IAR));
+        ((iar & 0x3ff) < gic::SPURIOUS).then_some(iar)
+    }
+
+    fn end(&self, iar: u32) {
+        Self::write(self.c(gicc::EOIR), iar);
+    }
 }
 
 static STATE: KernelCell<Option<Running>> = KernelCell(UnsafeCell::new(None));
@@ -76,7 +183,7 @@ pub enum StartError {
 
 /// Fills memory from the image, sets up stage 2 and starts the system;
 /// does not return. Called once, at boot, at EL2.
-pub fn start(image: ImageSystem<'static>) -> Result<(), StartError> {
+pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), StartError> {
     load(&image);
     // SAFETY: only `start` writes CAPS, once, before any PD runs; the
     // references handed to `System` are never written again.
@@ -118,8 +225,21 @@ pub fn start(image: ImageSystem<'static>) -> Result<(), StartError> {
             options(nostack),
         );
     }
+    let gic = Gic {
+        gicd: board.gicd_base.get() as *mut Distributor,
+        gicc: board.gicc_base.get() as *mut CpuInterface,
+    };
+    gic.init();
+    for irq in image.irqs {
+        gic.route(irq.intid.get(), irq.edge != 0);
+    }
+    let timer_intid = board.timer_el2_phys_intid.get();
+    gic.route(timer_intid, false);
+    let tick = read_cntfrq() / TICKS_PER_SECOND;
+    arm_timer(tick);
+    let hw = Hw { contexts, pds: image.pds, irqs: image.irqs, gic, timer_intid, tick };
     // SAFETY: the single kernel thread, before any exception can enter.
-    unsafe { *STATE.0.get() = Some(Running { system, hw: Hw { contexts, pds: image.pds } }) };
+    unsafe { *STATE.0.get() = Some(Running { system, hw }) };
     switch_to_current()
 }
 
@@ -186,11 +306,53 @@ fn prepare_current() {
             };
             return;
         }
-        // Nothing runs: wait. Interrupts are not routed yet, so this is
-        // where a system whose PDs all wait comes to rest.
+        // Nothing runs: wait for an interrupt (a pending one ends `wfi`
+        // even while masked) and handle it here.
         // SAFETY: `wfi` only waits.
         unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        interrupts(&mut running.system, &mut running.hw);
     }
+}
+
+/// Handles every pending interrupt: the scheduler tick, or a PD's
+/// interrupt, which is masked until the PD acknowledges it.
+fn interrupts(system: &mut System<'static, MAX_PDS>, hw: &mut Hw) {
+    while let Some(iar) = hw.gic.acknowledge() {
+        let intid = iar & 0x3ff;
+        if intid == hw.timer_intid {
+            arm_timer(hw.tick);
+            hw.gic.end(iar);
+            system.tick();
+            continue;
+        }
+        hw.gic.mask(intid);
+        hw.gic.end(iar);
+        if let Some(irq) = hw.irqs.iter().find(|i| i.intid.get() == intid) {
+            system.irq(hw, PdId(irq.pd), irq.badge.get());
+        }
+    }
+}
+
+fn read_cntfrq() -> u64 {
+    let f: u64;
+    // SAFETY: reading the counter frequency has no side effect.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) f, options(nomem, nostack, preserves_flags)) };
+    f
+}
+
+/// Arms the EL2 physical timer to fire in `ticks` counter ticks.
+fn arm_timer(ticks: u64) {
+    // SAFETY: the EL2 physical timer is the kernel's own.
+    unsafe {
+        asm!(
+            "msr cnthp_tval_el2, {t}",
+            "msr cnthp_ctl_el2, {on}",
+            "isb",
+            t = in(reg) ticks,
+            on = in(reg) 1u64,
+            options(nomem, nostack, preserves_flags),
+        )
+    };
 }
 
 /// Handles an exception from a PD (vector table index `vector`), with its
@@ -213,6 +375,7 @@ extern "C" fn pd_exception(vector: u64) {
         // Instruction or data abort from EL0: a stage-2 fault.
         (8, 0x20 | 0x24) => system.fault(hw, cur, FaultKind::VmFault),
         (8, _) => system.fault(hw, cur, FaultKind::UserException),
+        (9, _) => interrupts(system, hw),
         _ => {}
     }
     prepare_current();
@@ -262,7 +425,11 @@ impl Machine for Hw {
         ctx.x[4] = esr;
     }
 
-    fn unmask_irq(&mut self, _irq: u32) {}
+    fn unmask_irq(&mut self, irq: u32) {
+        if irq <= gic::MAX_INTID && irq != self.timer_intid {
+            self.gic.unmask(irq);
+        }
+    }
 
     fn set_pc(&mut self, pd: PdId, pc: u64) {
         self.ctx(pd).elr = pc;
