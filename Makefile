@@ -26,7 +26,7 @@ help:
 	@echo "  fmt      format the workspace"
 	@echo "  clippy   lint the workspace, host and $(TARGET)"
 	@echo "  fuzz     fuzz hyp-mm operation sequences for FUZZ_SECONDS (default 60)"
-	@echo "  image    build the kernel and pack it for BOARD into $(IMAGE)"
+	@echo "  image    build the kernel and PDs, pack system.xml for BOARD into $(IMAGE)"
 	@echo "  run      build, pack and boot BOARD in QEMU, console here (quit: Ctrl-A X)"
 	@echo "  clean    remove build outputs"
 	@echo "Variables: BOARD=$(BOARD) CONFIG=$(CONFIG)"
@@ -50,6 +50,8 @@ clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image -p tenure-kernel \
 	    --target $(TARGET) -- -D warnings
+	cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
+	    -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink --target $(TARGET) -- -D warnings
 
 # cargo-fuzz needs a nightly toolchain (sanitizer flags).
 fuzz: setup
@@ -57,10 +59,15 @@ fuzz: setup
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	cd hyp-mm && cargo +nightly fuzz run ops -- -max_total_time=$(FUZZ_SECONDS)
 
+# The PD crates of the default system.xml, built like the kernel.
+PDS := -p tenure-example-ping -p tenure-example-pong
+
 image: setup
-	cargo build -q -p tenure-kernel --target $(TARGET) $(KERNEL_FLAGS)
+	cargo build -q -p tenure-kernel $(PDS) --target $(TARGET) $(KERNEL_FLAGS)
 	@mkdir -p $(dir $(IMAGE))
-	cargo run -q -p tenure-tool -- pack-kernel $(KERNEL_ELF) --board $(BOARD) -o $(IMAGE)
+	cargo run -q -p tenure-tool -- pack system.xml --board $(BOARD) --config $(CONFIG) \
+	    --search-path target/$(TARGET)/$(KERNEL_PROFILE) --kernel $(KERNEL_ELF) \
+	    -o $(IMAGE) -r $(dir $(IMAGE))report.txt
 
 run: image
 	cargo run -q -p tenure-tool -- run $(IMAGE) --board $(BOARD)

@@ -68,6 +68,11 @@ check "clippy (host)" cargo clippy --workspace --all-targets -- -D warnings
 check "clippy (aarch64-unknown-none)" \
     cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image -p tenure-kernel \
     --target aarch64-unknown-none -- -D warnings
+# PD crates: their code is target-only (cfg(target_os = "none")).
+check "clippy (PDs, aarch64-unknown-none)" \
+    cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
+    -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
+    --target aarch64-unknown-none -- -D warnings
 
 cargo_suite "host tests" build/test-host.log \
     cargo test --workspace --all-targets --no-fail-fast
@@ -135,6 +140,37 @@ if check "build and pack the exception check" build_kernel exception-test except
     for board in "${SUITE_BOARDS[@]}"; do
         check "unexpected exception reported on $board" exception_reported "$board"
     done
+fi
+
+# ipc_suites BOARD: `tenure test ci/systems` on BOARD (it builds each suite's
+# PDs, packs its system.xml with the kernel and boots it), adding its
+# closing `N passed, M failed`. Log: build/systems/suites-BOARD.log.
+ipc_suites() {
+    local board=$1 log=build/systems/suites-$1.log p f
+    echo "== target suites (ci/systems/*/system.xml) on $board (log: $log)"
+    tenure test ci/systems --board "$board" --timeout "$SUITE_TIMEOUT" --kernel "$KERNEL_ELF" |
+        tee "$log"
+    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$log" | tail -1)
+    if [[ -z ${p:-} ]]; then
+        echo "== target suites FAILED on $board (no result line)"
+        p=0 f=1
+    fi
+    echo "== suites on $board: $p passed; $f failed"
+    add_totals "$p" "$f"
+}
+
+# The system suites (ci/systems/ipc, ...) need the kernel to run PDs; they
+# are off by default until it does on every board: TENURE_IPC_SUITE=1
+# turns them on. The kernel is built last without test features, so
+# KERNEL_ELF is the plain kernel they pack.
+if [[ ${TENURE_IPC_SUITE:-0} == 1 ]]; then
+    mkdir -p build/systems
+    if check "build the kernel for the system suites" \
+        cargo build -q -p tenure-kernel --target "$KERNEL_TARGET" --release; then
+        for board in "${SUITE_BOARDS[@]}"; do
+            ipc_suites "$board"
+        done
+    fi
 fi
 
 echo "$passed passed, $failed failed"

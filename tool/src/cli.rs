@@ -1,9 +1,13 @@
-//! The `tenure` command line: `pack-kernel`, `run`, `test-image` (and
-//! `pack`, `test` as they arrive).
+//! The `tenure` command line: `pack`, `pack-kernel`, `run`, `test-image`
+//! and `test`.
 
 use crate::board::{self, Board};
-use crate::{image, qemu};
+use crate::elf::PdElf;
+use crate::sdf::{self, BoardLimits};
+use crate::{image, qemu, system_image};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 /// Runs the command line `args` (without the program name); the error is
@@ -14,6 +18,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             println!("{}", USAGE);
             Ok(())
         }
+        Some("pack") => pack(&Options::parse(&args[1..])?).map(|_| ()),
+        Some("test") => test_suites(&Options::parse(&args[1..])?),
         Some("pack-kernel") => pack_kernel(&Options::parse(&args[1..])?),
         Some("run") => run_image(&Options::parse(&args[1..])?),
         Some("test-image") => test_image(&Options::parse(&args[1..])?),
@@ -22,11 +28,16 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 const USAGE: &str = "usage: tenure pack SYSTEM.xml --board BOARD --config debug|release|benchmark \
---search-path DIR -o IMAGE -r REPORT  (coming)
+--search-path DIR... -o IMAGE -r REPORT [--kernel KERNEL.elf]
        tenure pack-kernel KERNEL.elf --board BOARD -o IMAGE
        tenure run IMAGE [--board BOARD]
        tenure test-image IMAGE [--board BOARD] [--timeout SECONDS]
-       tenure test DIR  (coming)";
+       tenure test DIR [--board BOARD] [--timeout SECONDS] [--kernel KERNEL.elf]";
+
+/// Where cargo puts PD programs and the kernel (release builds).
+const TARGET_RELEASE: &str = "target/aarch64-unknown-none/release";
+/// The configurations `--config` accepts (Microkit's).
+const CONFIGS: [&str; 3] = ["debug", "release", "benchmark"];
 
 /// The flags the commands share, and their one positional argument.
 #[derive(Debug, Default)]
@@ -35,6 +46,10 @@ struct Options {
     board: Option<String>,
     output: Option<PathBuf>,
     timeout: Option<Duration>,
+    config: Option<String>,
+    search_paths: Vec<PathBuf>,
+    report: Option<PathBuf>,
+    kernel: Option<PathBuf>,
 }
 
 impl Options {
@@ -48,6 +63,19 @@ impl Options {
             match arg.as_str() {
                 "--board" => options.board = Some(value("--board")?),
                 "-o" | "--output" => options.output = Some(value("-o")?.into()),
+                "--config" => {
+                    let config = value("--config")?;
+                    if !CONFIGS.contains(&config.as_str()) {
+                        return Err(format!(
+                            "Error: unknown config '{config}'; known configs: {}",
+                            CONFIGS.join(", ")
+                        ));
+                    }
+                    options.config = Some(config);
+                }
+                "--search-path" => options.search_paths.push(value("--search-path")?.into()),
+                "-r" | "--report" => options.report = Some(value("-r")?.into()),
+                "--kernel" => options.kernel = Some(value("--kernel")?.into()),
                 "--timeout" => {
                     let text = value("--timeout")?;
                     let seconds: u64 = text.parse().map_err(|_| {
@@ -79,6 +107,165 @@ impl Options {
             format!("Error: unknown board '{name}'; known boards: {}", known.join(", "))
         })
     }
+}
+
+/// The kernel ELF: `--kernel`, or cargo's build of it for the config.
+fn kernel_path(options: &Options) -> PathBuf {
+    options.kernel.clone().unwrap_or_else(|| {
+        let profile = if options.config.as_deref() == Some("debug") { "debug" } else { "release" };
+        PathBuf::from(format!("target/aarch64-unknown-none/{profile}/tenure-kernel"))
+    })
+}
+
+/// The first file called `name` in `search_paths` (Microkit's lookup).
+fn find_program(name: &Path, search_paths: &[PathBuf]) -> Option<PathBuf> {
+    search_paths.iter().map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// `tenure pack`: system.xml to image and report. Nothing is written
+/// unless everything succeeded.
+fn pack(options: &Options) -> Result<system_image::SystemImage, String> {
+    let system_path = options.input("the system description")?;
+    let board = options.board()?;
+    let output =
+        options.output.as_deref().ok_or_else(|| format!("Error: missing -o IMAGE\n{USAGE}"))?;
+    let xml = std::fs::read_to_string(system_path)
+        .map_err(|e| format!("Error: cannot read {}: {e}", system_path.display()))?;
+    let name = system_path.display().to_string();
+    let system = sdf::parse(&name, &xml, &BoardLimits::default()).map_err(|e| e.to_string())?;
+    sdf::check_supported(&system).map_err(|e| e.to_string())?;
+    for warning in &system.warnings {
+        eprintln!("{warning}");
+    }
+    let mut programs = BTreeMap::new();
+    for pd in system.all_pds() {
+        let path = &pd.program_image.path;
+        let found = find_program(path, &options.search_paths)
+            .ok_or_else(|| format!("Error: unable to find program image: '{}'", path.display()))?;
+        let bytes = std::fs::read(&found)
+            .map_err(|e| format!("Error: cannot read {}: {e}", found.display()))?;
+        let elf = PdElf::parse(&bytes).map_err(|e| format!("Error: {}: {e}", found.display()))?;
+        programs.insert(pd.name.clone(), elf);
+    }
+    let kernel = kernel_path(options);
+    let kernel_elf = std::fs::read(&kernel)
+        .map_err(|e| format!("Error: cannot read the kernel {}: {e}", kernel.display()))?;
+    let kernel_error = |e: image::PackError| format!("Error: {e}: {}", kernel.display());
+    let kernel_size = image::kernel_size(&kernel_elf).map_err(kernel_error)?;
+    let built =
+        system_image::build(&system, programs, board, kernel_size).map_err(|e| e.to_string())?;
+    let boot_image = tenure_boot_image::write_image(&board.boot_info(), &built.parts);
+    system_image::check_size(&boot_image).map_err(|e| e.to_string())?;
+    let packed = image::pack(&kernel_elf, board, &boot_image).map_err(kernel_error)?;
+    std::fs::write(output, &packed.bytes)
+        .map_err(|e| format!("Error: cannot write {}: {e}", output.display()))?;
+    if let Some(report) = &options.report {
+        std::fs::write(report, &built.report)
+            .map_err(|e| format!("Error: cannot write {}: {e}", report.display()))?;
+    }
+    println!(
+        "{}: {} PDs for {}, boot image {} bytes at {:#x}",
+        output.display(),
+        built.parts.pds.len(),
+        board.name,
+        boot_image.len(),
+        packed.boot_image_addr
+    );
+    Ok(built)
+}
+
+/// The package names of the PD crates under `suite/pds/*/Cargo.toml`.
+fn suite_packages(suite: &Path) -> Result<Vec<String>, String> {
+    let Ok(entries) = std::fs::read_dir(suite.join("pds")) else { return Ok(Vec::new()) };
+    let mut packages = Vec::new();
+    for entry in entries.flatten() {
+        let manifest = entry.path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        let name = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"').map(String::from))
+            .ok_or_else(|| format!("Error: no package name in {}", manifest.display()))?;
+        packages.push(name);
+    }
+    packages.sort();
+    Ok(packages)
+}
+
+/// `tenure test DIR`: builds, packs and boots every `DIR/*/system.xml`,
+/// printing TAP and `N passed, M failed`.
+fn test_suites(options: &Options) -> Result<(), String> {
+    let dir = options.input("the suites directory")?;
+    let board = options.board()?;
+    let timeout = options.timeout.unwrap_or(qemu::DEFAULT_TIMEOUT);
+    let mut suites: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("Error: cannot read {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("system.xml").is_file())
+        .collect();
+    suites.sort();
+    let (mut passed, mut failed) = (0, 0);
+    for suite in &suites {
+        let name = suite.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+        println!("# suite {name} on {}", board.name);
+        match run_suite(options, board, suite, &name, timeout) {
+            Ok((p, f)) => {
+                passed += p;
+                failed += f;
+            }
+            Err(message) => {
+                println!("not ok - {name}: {message}");
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { Ok(()) } else { Err(format!("Error: {failed} target tests failed")) }
+}
+
+/// Builds the PD crates of `suite`, packs its system and boots it.
+fn run_suite(
+    options: &Options,
+    board: &'static Board,
+    suite: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<(u32, u32), String> {
+    let packages = suite_packages(suite)?;
+    if !packages.is_empty() {
+        let mut cargo = Command::new("cargo");
+        cargo.args(["build", "-q", "--release", "--target", "aarch64-unknown-none"]);
+        for package in &packages {
+            cargo.args(["-p", package]);
+        }
+        let status = cargo.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("building its PDs failed ({status})"));
+        }
+    }
+    let out = PathBuf::from("build/systems").join(name);
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let image = out.join(format!("{}.img", board.name));
+    let mut search_paths = options.search_paths.clone();
+    search_paths.push(PathBuf::from(TARGET_RELEASE));
+    let pack_options = Options {
+        input: Some(suite.join("system.xml")),
+        board: Some(board.name.into()),
+        output: Some(image.clone()),
+        config: Some("release".into()),
+        search_paths,
+        report: Some(out.join(format!("{}.report.txt", board.name))),
+        kernel: options.kernel.clone(),
+        timeout: None,
+    };
+    pack(&pack_options)?;
+    let tap = qemu::run_suite(qemu::command(board, &image), timeout, &mut std::io::stdout())
+        .map_err(|e| format!("cannot run {}: {e}", qemu::QEMU))?;
+    if !tap.success() {
+        println!("# suite {name} did not pass: {:?}", tap.verdict);
+    }
+    // A suite that did not succeed counts at least one failure.
+    Ok(tap.counts())
 }
 
 fn pack_kernel(options: &Options) -> Result<(), String> {
@@ -169,6 +356,108 @@ mod tests {
         // The default board.
         let options = Options::parse(&args(&["img"])).unwrap();
         assert_eq!(options.board().unwrap().name, "qemu_virt_aarch64");
+    }
+
+    #[test]
+    fn pack_options_parse() {
+        let options = Options::parse(&args(&[
+            "system.xml",
+            "--config",
+            "release",
+            "--search-path",
+            "a",
+            "--search-path",
+            "b",
+            "-o",
+            "img",
+            "-r",
+            "report.txt",
+            "--kernel",
+            "k.elf",
+        ]))
+        .unwrap();
+        assert_eq!(options.config.as_deref(), Some("release"));
+        assert_eq!(options.search_paths, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(options.report.as_deref(), Some(Path::new("report.txt")));
+        assert_eq!(kernel_path(&options), PathBuf::from("k.elf"));
+        let debug = Options::parse(&args(&["--config", "debug"])).unwrap();
+        assert_eq!(
+            kernel_path(&debug),
+            PathBuf::from("target/aarch64-unknown-none/debug/tenure-kernel")
+        );
+        assert_eq!(
+            Options::parse(&args(&["--config", "fast"])).unwrap_err(),
+            "Error: unknown config 'fast'; known configs: debug, release, benchmark"
+        );
+    }
+
+    /// A fresh scratch directory for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tenure-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn pack_prints_sdf_errors_and_writes_nothing() {
+        let dir = scratch("bad-sdf");
+        let system = dir.join("system.xml");
+        std::fs::write(&system, "<system>\n  <protection_domain priority=\"1\"/>\n</system>\n")
+            .unwrap();
+        let image = dir.join("out.img");
+        let report = dir.join("report.txt");
+        let path = |p: &Path| p.display().to_string();
+        let error = run(&args(&[
+            "pack",
+            &path(&system),
+            "-o",
+            &path(&image),
+            "-r",
+            &path(&report),
+            "--search-path",
+            &path(&dir),
+        ]))
+        .unwrap_err();
+        let xml = std::fs::read_to_string(&system).unwrap();
+        let expected =
+            sdf::parse(&path(&system), &xml, &BoardLimits::default()).unwrap_err().to_string();
+        assert_eq!(error, expected);
+        assert!(error.starts_with("Error: ") && error.contains("protection_domain"), "{error}");
+        assert!(!image.exists() && !report.exists());
+
+        // A valid system whose program is nowhere on the search path.
+        std::fs::write(
+            &system,
+            "<system><protection_domain name=\"a\"><program_image path=\"a.elf\"/>\
+             </protection_domain></system>",
+        )
+        .unwrap();
+        let error = run(&args(&["pack", &path(&system), "-o", &path(&image)])).unwrap_err();
+        assert_eq!(error, "Error: unable to find program image: 'a.elf'");
+        assert!(!image.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn suites_name_their_pd_packages() {
+        let dir = scratch("suite");
+        for (crate_dir, name) in [("b", "pd-b"), ("a", "pd-a")] {
+            let manifest = dir.join("pds").join(crate_dir);
+            std::fs::create_dir_all(&manifest).unwrap();
+            std::fs::write(
+                manifest.join("Cargo.toml"),
+                format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n"),
+            )
+            .unwrap();
+        }
+        assert_eq!(suite_packages(&dir).unwrap(), ["pd-a", "pd-b"]);
+        assert_eq!(suite_packages(&dir.join("pds/a")).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            find_program(Path::new("Cargo.toml"), &[dir.clone(), dir.join("pds/a")]),
+            Some(dir.join("pds/a/Cargo.toml"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -117,6 +117,12 @@ pub fn pack_kernel(kernel_elf: &[u8], board: &Board) -> Result<Packed, PackError
     pack(kernel_elf, board, &boot_image)
 }
 
+/// Bytes of memory the kernel occupies from its load address up to
+/// `__boot_image`, where the boot image starts.
+pub fn kernel_size(kernel_elf: &[u8]) -> Result<u64, PackError> {
+    Ok(load_kernel(kernel_elf, 0)?.bytes.len() as u64)
+}
+
 /// Packs `kernel_elf` and an encoded `boot_image` for `board`.
 pub fn pack(kernel_elf: &[u8], board: &Board, boot_image: &[u8]) -> Result<Packed, PackError> {
     let kernel = load_kernel(kernel_elf, board.kernel_load_addr)?;

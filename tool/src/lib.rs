@@ -10,3 +10,4 @@ pub mod patch;
 pub mod pd_tables;
 pub mod qemu;
 pub mod sdf;
+pub mod system_image;
