@@ -51,16 +51,18 @@ struct KernelCell<T>(UnsafeCell<T>);
 // runs, so no two accesses to a cell overlap.
 unsafe impl<T> Sync for KernelCell<T> {}
 
-/// Everything the running system needs.
+/// Everything the running system needs. The large parts live in statics
+/// of their own: built on the kernel stack they would overflow it in
+/// unoptimised builds.
 struct Running {
-    system: System<'static, MAX_PDS>,
+    system: &'static mut System<'static, MAX_PDS>,
     hw: Hw,
 }
 
 /// The machine side: contexts, the image's PD descriptions and the
 /// interrupt controller.
 struct Hw {
-    contexts: [Context; MAX_PDS],
+    contexts: &'static mut [Context; MAX_PDS],
     pds: &'static [PdEntry],
     irqs: &'static [IrqEntry],
     gic: Gic,
@@ -170,6 +172,9 @@ impl Gic {
 }
 
 static STATE: KernelCell<Option<Running>> = KernelCell(UnsafeCell::new(None));
+static SYSTEM: KernelCell<Option<System<'static, MAX_PDS>>> = KernelCell(UnsafeCell::new(None));
+static CONTEXTS: KernelCell<[Context; MAX_PDS]> =
+    KernelCell(UnsafeCell::new([Context { x: [0; 31], sp_el0: 0, elr: 0, spsr: 0 }; MAX_PDS]));
 static CAPS: KernelCell<[(Slot, Cap); MAX_CAPS]> = KernelCell(UnsafeCell::new(
     [(Slot(0), Cap { kind: CapKind::Null, target: 0, badge: 0 }); MAX_CAPS],
 ));
@@ -197,8 +202,9 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
             (Slot(cap.slot.get()), Cap { kind, target: cap.target.get(), badge: cap.badge.get() });
     }
     let table: &'static [(Slot, Cap)] = table;
-    let mut contexts = [Context::default(); MAX_PDS];
-    let pds = image.pds.iter().zip(&mut contexts).map(|(pd, ctx)| {
+    // SAFETY: only `start` takes these, once, before any PD runs.
+    let contexts = unsafe { &mut *CONTEXTS.0.get() };
+    let pds = image.pds.iter().zip(contexts.iter_mut()).map(|(pd, ctx)| {
         ctx.elr = pd.entry.get();
         ctx.sp_el0 = pd.sp.get();
         ctx.spsr = SPSR_EL0;
@@ -207,7 +213,8 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
         let parent = (pd.parent != NO_PARENT).then_some((PdId(pd.parent), pd.child_id));
         Pd::new(pd.priority, parent, caps)
     });
-    let system = System::new(pds);
+    // SAFETY: as for CONTEXTS.
+    let system = unsafe { &mut *SYSTEM.0.get() }.insert(System::new(pds));
     let vtcr = image.stage2.map_or(0, |c| c.vtcr.get());
     // SAFETY: EL2 configuration for running PDs: HCR, VTCR and CPACR only
     // affect lower exception levels, which run nothing yet.
@@ -310,7 +317,7 @@ fn prepare_current() {
         // even while masked) and handle it here.
         // SAFETY: `wfi` only waits.
         unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
-        interrupts(&mut running.system, &mut running.hw);
+        interrupts(running.system, &mut running.hw);
     }
 }
 
