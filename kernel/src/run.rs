@@ -26,6 +26,43 @@ pub const MAX_CAPS: usize = 4096;
 const HCR_PD: u64 = (1 << 31) | (1 << 27) | (1 << 19) | (1 << 12) | 1;
 /// CPACR_EL1.FPEN = 0b11: no FP/SIMD traps at EL0.
 const CPACR_FPEN: u64 = 0b11 << 20;
+/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN, so that EL0 and EL1 may
+/// read the physical counter (Arm ARM D24.12.x, CNTHCTL_EL2).
+const CNTHCTL_EL1_ACCESS: u64 = 0b11;
+/// CNTKCTL_EL1: EL0PCTEN and EL0VCTEN, so PDs may read the counters
+/// (time stamps; no timer access).
+const CNTKCTL_EL0_ACCESS: u64 = 0b11;
+/// PMEVTYPER<n>_EL0 for INST_RETIRED (event 0x08) counted at EL0, EL1 and,
+/// with NSH, at EL2: every instruction on the CPU.
+const PMU_INST_RETIRED_ALL_ELS: u64 = 0x08 | (1 << 27);
+
+/// Benchmark builds: event counter 0 counts every instruction retired,
+/// readable from EL0 (PMUSERENR_EL0.EN and ER), so a PD can measure what
+/// an operation costs across EL0 and EL2. Never in other builds: it would
+/// give PDs a precise timing source.
+fn enable_instruction_counter() {
+    // SAFETY: PMU and debug configuration registers of EL2 and EL0; they
+    // only affect counting and EL0's access to the counters.
+    unsafe {
+        asm!(
+            "mrs {n}, pmcr_el0",
+            "ubfx {n}, {n}, #11, #5",
+            "msr mdcr_el2, {n}",
+            "msr pmevtyper0_el0, {ev}",
+            "mov {n}, #1",
+            "msr pmcntenset_el0, {n}",
+            "mov {n}, #0b1101",
+            "msr pmuserenr_el0, {n}",
+            "mov {n}, #0b11",
+            "msr pmcr_el0, {n}",
+            "isb",
+            n = out(reg) _,
+            ev = in(reg) PMU_INST_RETIRED_ALL_ELS,
+            options(nostack),
+        );
+    }
+}
+
 /// SPSR_EL2 for a PD: EL0t, DAIF clear.
 const SPSR_EL0: u64 = 0;
 
@@ -223,14 +260,21 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
             "msr hcr_el2, {hcr}",
             "msr vtcr_el2, {vtcr}",
             "msr cpacr_el1, {cpacr}",
+            "msr cnthctl_el2, {cnthctl}",
+            "msr cntkctl_el1, {cntkctl}",
             "tlbi alle1",
             "dsb sy",
             "isb",
+            cnthctl = in(reg) CNTHCTL_EL1_ACCESS,
+            cntkctl = in(reg) CNTKCTL_EL0_ACCESS,
             hcr = in(reg) HCR_PD,
             vtcr = in(reg) vtcr,
             cpacr = in(reg) CPACR_FPEN,
             options(nostack),
         );
+    }
+    if cfg!(feature = "benchmark") {
+        enable_instruction_counter();
     }
     let gic = Gic {
         gicd: board.gicd_base.get() as *mut Distributor,
