@@ -26,7 +26,7 @@ help:
 	@echo "  fmt      format the workspace"
 	@echo "  clippy   lint the workspace, host and $(TARGET)"
 	@echo "  fuzz     fuzz hyp-mm operation sequences for FUZZ_SECONDS (default 60)"
-	@echo "  image    build the kernel and PDs, pack system.xml for BOARD into $(IMAGE)"
+	@echo "  image    build the kernel and PDs, pack $(SYSTEM) for BOARD into $(IMAGE)"
 	@echo "  run      build, pack and boot BOARD in QEMU, console here (quit: Ctrl-A X)"
 	@echo "  clean    remove build outputs"
 	@echo "Variables: BOARD=$(BOARD) CONFIG=$(CONFIG)"
@@ -59,13 +59,15 @@ fuzz: setup
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	cd hyp-mm && cargo +nightly fuzz run ops -- -max_total_time=$(FUZZ_SECONDS)
 
-# The PD crates of the default system.xml, built like the kernel.
-PDS := -p tenure-example-ping -p tenure-example-pong
+# The PD crates of the default system, built like the kernel.
+PDS := -p tenure-serial -p tenure-example-ping -p tenure-example-pong
+# The default system for BOARD: the Raspberry Pi 4B has its own UART.
+SYSTEM := $(if $(filter rpi4b_%,$(BOARD)),system.rpi4b.xml,system.xml)
 
 image: setup
 	cargo build -q -p tenure-kernel $(PDS) --target $(TARGET) $(KERNEL_FLAGS)
 	@mkdir -p $(dir $(IMAGE))
-	cargo run -q -p tenure-tool -- pack system.xml --board $(BOARD) --config $(CONFIG) \
+	cargo run -q -p tenure-tool -- pack $(SYSTEM) --board $(BOARD) --config $(CONFIG) \
 	    --search-path target/$(TARGET)/$(KERNEL_PROFILE) --kernel $(KERNEL_ELF) \
 	    -o $(IMAGE) -r $(dir $(IMAGE))report.txt
 

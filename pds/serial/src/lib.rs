@@ -7,10 +7,13 @@
 //! escape byte (Ctrl-], 0x1d) and then a client's number switches input to
 //! it.
 //!
-//! Everything here is plain logic, tested on the host; the PD binary only
-//! adds the UART and the event loop.
+//! Everything here is plain logic, tested on the host, but for
+//! [`client::region_at`], which turns the address system.xml gives into a
+//! region; the PD binary (`src/main.rs`) adds the UART and the event loop.
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod client;
 pub mod mux;
+pub mod region;
 pub mod ring;

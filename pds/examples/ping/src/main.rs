@@ -4,7 +4,11 @@
 
 #[cfg(target_os = "none")]
 mod pd {
-    use microkit::{Channel, ChannelSet, Handler, MessageInfo, debug_println, protection_domain};
+    mod console {
+        include!("../../console.rs");
+    }
+    use console::say;
+    use microkit::{Channel, ChannelSet, Handler, MessageInfo, protection_domain};
 
     /// Notifications both ways.
     const PONG: Channel = Channel::new(0);
@@ -18,9 +22,10 @@ mod pd {
     }
 
     fn init() -> Ping {
-        debug_println!("ping: calling pong with label 41");
+        console::init();
+        say!("calling pong with label 41");
         let reply = PONG_PP.pp_call(MessageInfo::new(41, 0).unwrap_or_default());
-        debug_println!("ping: pong answered label {}", reply.label());
+        say!("pong answered label {}", reply.label());
         PONG.notify();
         Ping { rounds: 0 }
     }
@@ -31,11 +36,11 @@ mod pd {
         fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
             if channels.contains(PONG) {
                 self.rounds += 1;
-                debug_println!("ping: pong notified me ({} of {ROUNDS})", self.rounds);
+                say!("pong notified me ({} of {ROUNDS})", self.rounds);
                 if self.rounds < ROUNDS {
                     PONG.notify();
                 } else {
-                    debug_println!("ping: done");
+                    say!("done");
                 }
             }
             Ok(())

@@ -4,7 +4,11 @@
 
 #[cfg(target_os = "none")]
 mod pd {
-    use microkit::{Channel, ChannelSet, Handler, MessageInfo, debug_println, protection_domain};
+    mod console {
+        include!("../../console.rs");
+    }
+    use console::say;
+    use microkit::{Channel, ChannelSet, Handler, MessageInfo, protection_domain};
 
     /// Notifications both ways, and ping's calls.
     const PING: Channel = Channel::new(0);
@@ -12,7 +16,8 @@ mod pd {
     struct Pong;
 
     fn init() -> Pong {
-        debug_println!("pong: ready");
+        console::init();
+        say!("ready");
         Pong
     }
 
@@ -21,7 +26,7 @@ mod pd {
 
         fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
             if channels.contains(PING) {
-                debug_println!("pong: ping notified me, notifying back");
+                say!("ping notified me, notifying back");
                 PING.notify();
             }
             Ok(())
@@ -32,7 +37,7 @@ mod pd {
             channel: Channel,
             msg: MessageInfo,
         ) -> Result<MessageInfo, Self::Error> {
-            debug_println!("pong: call on channel {} with label {}", channel.index(), msg.label());
+            say!("call on channel {} with label {}", channel.index(), msg.label());
             Ok(MessageInfo::new(msg.label() + 1, 0).unwrap_or_default())
         }
     }
