@@ -100,6 +100,8 @@ struct Running {
 /// interrupt controller.
 struct Hw {
     contexts: &'static mut [Context; MAX_PDS],
+    /// Each PD's last fault: PC, FAR, ESR, recorded when it faulted.
+    faults: [[u64; 3]; MAX_PDS],
     pds: &'static [PdEntry],
     irqs: &'static [IrqEntry],
     gic: Gic,
@@ -288,7 +290,15 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     gic.route(timer_intid, false);
     let tick = read_cntfrq() / TICKS_PER_SECOND;
     arm_timer(tick);
-    let hw = Hw { contexts, pds: image.pds, irqs: image.irqs, gic, timer_intid, tick };
+    let hw = Hw {
+        contexts,
+        faults: [[0; 3]; MAX_PDS],
+        pds: image.pds,
+        irqs: image.irqs,
+        gic,
+        timer_intid,
+        tick,
+    };
     // SAFETY: the single kernel thread, before any exception can enter.
     unsafe { *STATE.0.get() = Some(Running { system, hw }) };
     switch_to_current()
@@ -465,15 +475,16 @@ impl Machine for Hw {
         ctx.x[1] = x1;
     }
 
+    fn record_fault(&mut self, pd: PdId) {
+        let pc = self.ctx(pd).elr;
+        self.faults[usize::from(pd.0)] = [pc, crate::arch::read_far(), crate::arch::read_esr()];
+    }
+
     fn fault_message(&mut self, child: PdId, parent: PdId, _kind: FaultKind) {
         // MR0 = PC, MR1 = faulting address, MR2 = ESR (seL4's VMFault order
         // starts with IP and address).
-        let pc = self.ctx(child).elr;
-        let (far, esr) = (crate::arch::read_far(), crate::arch::read_esr());
-        let ctx = self.ctx(parent);
-        ctx.x[2] = pc;
-        ctx.x[3] = far;
-        ctx.x[4] = esr;
+        let message = self.faults[usize::from(child.0)];
+        self.ctx(parent).x[2..5].copy_from_slice(&message);
     }
 
     fn unmask_irq(&mut self, irq: u32) {

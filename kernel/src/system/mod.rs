@@ -80,6 +80,18 @@ pub enum FaultKind {
     VmFault = 6,
 }
 
+impl FaultKind {
+    /// The kind a fault message's label names (the kernel wrote it).
+    #[must_use]
+    pub fn from_label(label: u64) -> FaultKind {
+        match label {
+            2 => FaultKind::UnknownSyscall,
+            6 => FaultKind::VmFault,
+            _ => FaultKind::UserException,
+        }
+    }
+}
+
 /// The machine side of the kernel: what the state machine asks the
 /// architecture layer to do.
 pub trait Machine {
@@ -87,8 +99,11 @@ pub trait Machine {
     fn transfer(&mut self, from: PdId, to: PdId, info: MessageInfo);
     /// Sets what `pd`'s pending syscall returns: `x0` and `x1`.
     fn set_return(&mut self, pd: PdId, x0: u64, x1: u64);
-    /// Writes the fault message of `child` (registers, address) into
-    /// `parent`'s message registers.
+    /// Records what `pd`'s fault was (its PC, the faulting address, the
+    /// syndrome), at the moment it faults.
+    fn record_fault(&mut self, pd: PdId);
+    /// Writes the recorded fault message of `child` into `parent`'s
+    /// message registers, when the parent receives it.
     fn fault_message(&mut self, child: PdId, parent: PdId, kind: FaultKind);
     /// Unmasks interrupt `irq`.
     fn unmask_irq(&mut self, irq: u32);
@@ -302,6 +317,8 @@ impl<'a, const N: usize> System<'a, N> {
         let (badge, info) = self.pd(caller).map(|p| p.call).unwrap_or_default();
         if badge & BADGE_FAULT == 0 {
             m.transfer(caller, callee, info);
+        } else {
+            m.fault_message(caller, callee, FaultKind::from_label(info.label()));
         }
         m.set_return(callee, badge, info.raw());
         let pd = self.pd_mut(callee);
@@ -408,7 +425,7 @@ impl<'a, const N: usize> System<'a, N> {
     pub fn fault<M: Machine>(&mut self, m: &mut M, pd: PdId, kind: FaultKind) {
         match self.pd(pd).and_then(|p| p.parent) {
             Some((parent, id)) => {
-                m.fault_message(pd, parent, kind);
+                m.record_fault(pd);
                 let info = MessageInfo::new(kind as u64, 0).unwrap_or_default();
                 self.pd_mut(pd).call = (BADGE_FAULT | u64::from(id), info);
                 self.send(m, pd, parent);
@@ -448,9 +465,17 @@ impl<'a, const N: usize> System<'a, N> {
         }
     }
 
-    /// Takes `pd` out of whatever queue holds it.
+    /// Takes `pd` out of whatever queue holds it, and cancels the reply it
+    /// waits for (a restarted or stopped PD must not be woken by a reply
+    /// meant for what it was doing).
     fn detach(&mut self, pd: PdId) {
         match self.pd(pd).map(|p| p.state) {
+            Some(State::Reply { callee }) => {
+                let owes = self.pd_mut(callee);
+                if owes.caller == Some(pd) {
+                    owes.caller = None;
+                }
+            }
             Some(State::Ready) if self.current != Some(pd) => {
                 let prio = self.prio(pd);
                 self.ready.remove(&mut self.pds, pd, prio);

@@ -12,6 +12,7 @@ use tenure_abi::BADGE_PPC;
 enum Effect {
     Transfer(PdId, PdId, usize),
     Return(PdId, u64, u64),
+    RecordFault(PdId),
     FaultMessage(PdId, PdId, FaultKind),
     Unmask(u32),
     SetPc(PdId, u64),
@@ -38,6 +39,9 @@ impl Machine for Log {
     }
     fn set_return(&mut self, pd: PdId, x0: u64, x1: u64) {
         self.0.push(Effect::Return(pd, x0, x1));
+    }
+    fn record_fault(&mut self, pd: PdId) {
+        self.0.push(Effect::RecordFault(pd));
     }
     fn fault_message(&mut self, child: PdId, parent: PdId, kind: FaultKind) {
         self.0.push(Effect::FaultMessage(child, parent, kind));
@@ -279,9 +283,14 @@ fn a_child_fault_reaches_the_parent_with_the_child_id_and_restart_resumes_it() {
         System::new([Pd::new(10, None, &parent_caps), Pd::new(20, Some((A, 4)), &[])]);
     assert_eq!(s.current(), Some(B));
     s.fault(m, B, FaultKind::VmFault);
-    assert!(m.0.contains(&Effect::FaultMessage(B, A, FaultKind::VmFault)));
+    assert!(m.0.contains(&Effect::RecordFault(B)));
+    assert!(
+        !m.0.contains(&Effect::FaultMessage(B, A, FaultKind::VmFault)),
+        "the busy parent's registers are left alone until it receives the fault"
+    );
     assert_eq!(s.current(), Some(A), "A was still in init; the fault waits for its Recv");
     sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    assert!(m.0.contains(&Effect::FaultMessage(B, A, FaultKind::VmFault)));
     assert_eq!(m.ret(A), Some((BADGE_FAULT | 4, info(FaultKind::VmFault as u64, 0))));
     assert_eq!(s.pd(B).unwrap().state(), State::Reply { callee: A });
     let restart = info(child_method::RESTART, 0);
@@ -339,4 +348,25 @@ fn equal_priorities_share_the_cpu_round_robin_on_ticks() {
     }
     assert_eq!(order, [A, B, C, A, B, C]);
     let _ = m;
+}
+
+#[test]
+fn a_child_restarted_while_its_fault_is_pending_is_not_woken_by_the_reply() {
+    let parent_caps = [(Slot::child(1), Cap { kind: CapKind::ChildTcb, target: 1, badge: 0 })];
+    let m = &mut Log::default();
+    let mut s: System<'_, 2> =
+        System::new([Pd::new(20, None, &parent_caps), Pd::new(10, Some((A, 1)), &[])]);
+    boot(&mut s, m);
+    s.signal(m, B, 1);
+    s.fault(m, B, FaultKind::UserException);
+    assert_eq!(s.current(), Some(A));
+    let restart = info(child_method::RESTART, 0);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::child(1)), restart, 0x20_0000);
+    assert_eq!(s.pd(B).unwrap().state(), State::Ready);
+    // The parent's fault handler also replies: that reply is now void.
+    sys(&mut s, m, Syscall::ReplyRecv, raw(Slot::INPUT), info(0, 0), 0);
+    assert_eq!(s.current(), Some(B));
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    assert_eq!(s.pd(B).unwrap().state(), State::Recv, "no spurious wakeup from the void reply");
+    assert_eq!(s.current(), None);
 }
