@@ -22,7 +22,7 @@ help:
 	@echo "Tenure make targets:"
 	@echo "  setup    install what building and testing need (ci/setup.sh)"
 	@echo "  test     every test and lint; ends with 'N passed, M failed'"
-	@echo "  bench    host benchmarks of hyp-mm (criterion)"
+	@echo "  bench    hyp-mm host benchmarks, then kernel IPC/boot/size benchmarks vs seL4 (QEMU)"
 	@echo "  fmt      format the workspace"
 	@echo "  clippy   lint the workspace, host and $(TARGET)"
 	@echo "  fuzz     fuzz hyp-mm operation sequences for FUZZ_SECONDS (default 60)"
@@ -35,7 +35,7 @@ setup:
 	@bash ci/setup.sh
 
 # Target suites and make run boot QEMU: have setup install it.
-test run: export TENURE_NEED_QEMU := 1
+test run bench: export TENURE_NEED_QEMU := 1
 
 test: setup
 	@bash ci/test.sh

@@ -30,9 +30,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
 const USAGE: &str = "usage: tenure pack SYSTEM.xml --board BOARD --config debug|release|benchmark \
 --search-path DIR... -o IMAGE -r REPORT [--kernel KERNEL.elf]
        tenure pack-kernel KERNEL.elf --board BOARD -o IMAGE
-       tenure run IMAGE [--board BOARD]
-       tenure test-image IMAGE [--board BOARD] [--timeout SECONDS]
-       tenure test DIR [--board BOARD] [--timeout SECONDS] [--kernel KERNEL.elf]";
+       tenure run IMAGE [--board BOARD] [--qemu-arg ARG]...
+       tenure test-image IMAGE [--board BOARD] [--timeout SECONDS] [--qemu-arg ARG]...
+       tenure test DIR|SUITE [--board BOARD] [--timeout SECONDS] [--kernel KERNEL.elf]";
 
 /// Where cargo puts PD programs and the kernel (release builds).
 const TARGET_RELEASE: &str = "target/aarch64-unknown-none/release";
@@ -50,6 +50,8 @@ struct Options {
     search_paths: Vec<PathBuf>,
     report: Option<PathBuf>,
     kernel: Option<PathBuf>,
+    /// Extra QEMU arguments, after the board's (a later `-cpu` wins).
+    qemu_args: Vec<String>,
 }
 
 impl Options {
@@ -76,6 +78,7 @@ impl Options {
                 "--search-path" => options.search_paths.push(value("--search-path")?.into()),
                 "-r" | "--report" => options.report = Some(value("-r")?.into()),
                 "--kernel" => options.kernel = Some(value("--kernel")?.into()),
+                "--qemu-arg" => options.qemu_args.push(value("--qemu-arg")?),
                 "--timeout" => {
                     let text = value("--timeout")?;
                     let seconds: u64 = text.parse().map_err(|_| {
@@ -191,24 +194,51 @@ fn suite_packages(suite: &Path) -> Result<Vec<String>, String> {
     Ok(packages)
 }
 
-/// `tenure test DIR`: builds, packs and boots every `DIR/*/system.xml`,
-/// printing TAP and `N passed, M failed`.
+/// Whether `dir` is a target suite: it has a `system.xml`, or a
+/// `system.<board>.xml` for some board.
+fn is_suite(dir: &Path) -> bool {
+    dir.join("system.xml").is_file()
+        || board::names().any(|b| dir.join(format!("system.{b}.xml")).is_file())
+}
+
+/// The system a suite runs on `board`: its `system.<board>.xml` if it has
+/// one, else its `system.xml`; `None` when it has neither (the suite does
+/// not run on that board).
+fn suite_system(suite: &Path, board: &str) -> Option<PathBuf> {
+    [suite.join(format!("system.{board}.xml")), suite.join("system.xml")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// `tenure test DIR`: builds, packs and boots every suite under DIR (each
+/// directory with a `system.xml`, or a `system.<board>.xml` that replaces
+/// it on that board), or DIR itself if it is a suite, printing TAP and
+/// `N passed, M failed`. A suite with neither file for the board is
+/// skipped, saying so.
 fn test_suites(options: &Options) -> Result<(), String> {
     let dir = options.input("the suites directory")?;
     let board = options.board()?;
     let timeout = options.timeout.unwrap_or(qemu::DEFAULT_TIMEOUT);
-    let mut suites: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("Error: cannot read {}: {e}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("system.xml").is_file())
-        .collect();
+    let mut suites: Vec<PathBuf> = if is_suite(dir) {
+        vec![dir.to_path_buf()]
+    } else {
+        std::fs::read_dir(dir)
+            .map_err(|e| format!("Error: cannot read {}: {e}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| is_suite(p))
+            .collect()
+    };
     suites.sort();
     let (mut passed, mut failed) = (0, 0);
     for suite in &suites {
         let name = suite.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+        let Some(system) = suite_system(suite, board.name) else {
+            println!("# suite {name} skipped on {}: no system.xml for this board", board.name);
+            continue;
+        };
         println!("# suite {name} on {}", board.name);
-        match run_suite(options, board, suite, &name, timeout) {
+        match run_suite(options, board, suite, &system, &name, timeout) {
             Ok((p, f)) => {
                 passed += p;
                 failed += f;
@@ -223,11 +253,12 @@ fn test_suites(options: &Options) -> Result<(), String> {
     if failed == 0 { Ok(()) } else { Err(format!("Error: {failed} target tests failed")) }
 }
 
-/// Builds the PD crates of `suite`, packs its system and boots it.
+/// Builds the PD crates of `suite`, packs `system` and boots it.
 fn run_suite(
     options: &Options,
     board: &'static Board,
     suite: &Path,
+    system: &Path,
     name: &str,
     timeout: Duration,
 ) -> Result<(u32, u32), String> {
@@ -249,7 +280,7 @@ fn run_suite(
     let mut search_paths = options.search_paths.clone();
     search_paths.push(PathBuf::from(TARGET_RELEASE));
     let pack_options = Options {
-        input: Some(suite.join("system.xml")),
+        input: Some(system.to_path_buf()),
         board: Some(board.name.into()),
         output: Some(image.clone()),
         config: Some("release".into()),
@@ -257,6 +288,7 @@ fn run_suite(
         report: Some(out.join(format!("{}.report.txt", board.name))),
         kernel: options.kernel.clone(),
         timeout: None,
+        qemu_args: Vec::new(),
     };
     pack(&pack_options)?;
     let tap = qemu::run_suite(qemu::command(board, &image), timeout, &mut std::io::stdout())
@@ -295,7 +327,7 @@ fn run_image(options: &Options) -> Result<(), String> {
     let image = options.input("the image")?;
     let board = options.board()?;
     eprintln!("tenure: booting {} on {} (quit: Ctrl-A X)", image.display(), board.name);
-    let status = qemu::run_interactive(board, image)
+    let status = qemu::run_interactive(board, image, &options.qemu_args)
         .map_err(|e| format!("Error: cannot start {}: {e}", qemu::QEMU))?;
     if status.success() {
         Ok(())
@@ -308,7 +340,9 @@ fn test_image(options: &Options) -> Result<(), String> {
     let image = options.input("the image")?;
     let board = options.board()?;
     let timeout = options.timeout.unwrap_or(qemu::DEFAULT_TIMEOUT);
-    let tap = qemu::run_suite(qemu::command(board, image), timeout, &mut std::io::stdout())
+    let mut cmd = qemu::command(board, image);
+    cmd.args(&options.qemu_args);
+    let tap = qemu::run_suite(cmd, timeout, &mut std::io::stdout())
         .map_err(|e| format!("Error: cannot run {}: {e}", qemu::QEMU))?;
     let (passed, failed) = tap.counts();
     let verdict = match &tap.verdict {
@@ -347,8 +381,13 @@ mod tests {
             "out",
             "--timeout",
             "5",
+            "--qemu-arg",
+            "-icount",
+            "--qemu-arg",
+            "shift=0,sleep=off",
         ]))
         .unwrap();
+        assert_eq!(options.qemu_args, ["-icount", "shift=0,sleep=off"]);
         assert_eq!(options.input.as_deref(), Some(Path::new("k.elf")));
         assert_eq!(options.board().unwrap().name, "rpi4b_1gb");
         assert_eq!(options.output.as_deref(), Some(Path::new("out")));
@@ -456,6 +495,27 @@ mod tests {
         assert_eq!(
             find_program(Path::new("Cargo.toml"), &[dir.clone(), dir.join("pds/a")]),
             Some(dir.join("pds/a/Cargo.toml"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_board_system_file_replaces_system_xml_on_that_board() {
+        let dir = scratch("board-system");
+        assert!(!is_suite(&dir));
+        assert_eq!(suite_system(&dir, "rpi4b_1gb"), None);
+        std::fs::write(dir.join("system.qemu_virt_aarch64.xml"), "<system/>").unwrap();
+        assert!(is_suite(&dir));
+        assert_eq!(
+            suite_system(&dir, "qemu_virt_aarch64"),
+            Some(dir.join("system.qemu_virt_aarch64.xml"))
+        );
+        assert_eq!(suite_system(&dir, "rpi4b_1gb"), None);
+        std::fs::write(dir.join("system.xml"), "<system/>").unwrap();
+        assert_eq!(suite_system(&dir, "rpi4b_1gb"), Some(dir.join("system.xml")));
+        assert_eq!(
+            suite_system(&dir, "qemu_virt_aarch64"),
+            Some(dir.join("system.qemu_virt_aarch64.xml"))
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -31,9 +31,9 @@ pub fn command(board: &Board, image: &Path) -> Command {
 }
 
 /// Boots `image` on `board` with the console on this terminal, until
-/// QEMU exits (Ctrl-A X).
-pub fn run_interactive(board: &Board, image: &Path) -> io::Result<ExitStatus> {
-    command(board, image).status()
+/// QEMU exits (Ctrl-A X); `extra` QEMU arguments follow the board's.
+pub fn run_interactive(board: &Board, image: &Path, extra: &[String]) -> io::Result<ExitStatus> {
+    command(board, image).args(extra).status()
 }
 
 /// How a suite ended.
