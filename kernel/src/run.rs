@@ -102,6 +102,10 @@ struct Hw {
     contexts: &'static mut [Context; MAX_PDS],
     /// Each PD's last fault: PC, FAR, ESR, recorded when it faulted.
     faults: [[u64; 3]; MAX_PDS],
+    /// Each PD's VTTBR_EL2 (VMID and stage-2 root), computed once.
+    vttbrs: [u64; MAX_PDS],
+    /// The PD whose context and address space are installed.
+    installed: Option<PdId>,
     pds: &'static [PdEntry],
     irqs: &'static [IrqEntry],
     gic: Gic,
@@ -290,9 +294,15 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     gic.route(timer_intid, false);
     let tick = read_cntfrq() / TICKS_PER_SECOND;
     arm_timer(tick);
+    let mut vttbrs = [0; MAX_PDS];
+    for (v, pd) in vttbrs.iter_mut().zip(image.pds) {
+        *v = (u64::from(pd.vmid.get()) << 48) | pd.stage2_root.get();
+    }
     let hw = Hw {
         contexts,
         faults: [[0; 3]; MAX_PDS],
+        vttbrs,
+        installed: None,
         pds: image.pds,
         irqs: image.irqs,
         gic,
@@ -311,10 +321,26 @@ fn load(image: &ImageSystem<'static>) {
     for load in image.loads {
         let base = load.paddr.get() as usize;
         let data = image.data_of(load);
-        for i in 0..load.size.get() as usize {
-            let byte = data.get(i).copied().unwrap_or(0);
+        let size = load.size.get() as usize;
+        // Word by word where the destination allows (loads are page
+        // aligned and sized), bytes for any tail; the source is read byte
+        // by byte because the image's blob has no alignment.
+        let words = if base.is_multiple_of(8) { size / 8 } else { 0 };
+        for w in 0..words {
+            let mut bytes = [0u8; 8];
+            for (k, b) in bytes.iter_mut().enumerate() {
+                *b = data.get(w * 8 + k).copied().unwrap_or(0);
+            }
             // SAFETY: the tool placed every load in RAM that the kernel
-            // and its image do not occupy, for exactly this copy.
+            // and its image do not occupy, for exactly this copy; the
+            // address is 8-byte aligned.
+            unsafe {
+                core::ptr::write_volatile((base + w * 8) as *mut u64, u64::from_le_bytes(bytes))
+            };
+        }
+        for i in words * 8..size {
+            let byte = data.get(i).copied().unwrap_or(0);
+            // SAFETY: as above, byte by byte.
             unsafe { core::ptr::write_volatile((base + i) as *mut u8, byte) };
         }
         let mut line = base & !63;
@@ -350,9 +376,13 @@ fn prepare_current() {
         let state = unsafe { &mut *STATE.0.get() };
         let Some(running) = state.as_mut() else { crate::arch::halt() };
         if let Some(pd) = running.system.current() {
-            let ctx = &raw mut running.hw.contexts[usize::from(pd.0)];
-            let entry = &running.hw.pds[usize::from(pd.0)];
-            let vttbr = (u64::from(entry.vmid.get()) << 48) | entry.stage2_root.get();
+            let hw = &mut running.hw;
+            if hw.installed == Some(pd) {
+                return; // resuming the PD that trapped: nothing to switch
+            }
+            hw.installed = Some(pd);
+            let ctx = &raw mut hw.contexts[usize::from(pd.0)];
+            let vttbr = hw.vttbrs[usize::from(pd.0)];
             // SAFETY: TPIDR_EL2 is the kernel's own register; VTTBR_EL2
             // names a stage-2 table the tool built for this PD.
             unsafe {

@@ -36,6 +36,50 @@ fn syscall(call: Syscall, slot: u64, info: u64, arg: u64) -> (u64, u64) {
     (x0, x1)
 }
 
+/// A trap that only receives a message (Recv, NbSendRecv): `x2..=x5` come
+/// back from the kernel and are stored into the IPC buffer.
+fn syscall_receive(call: Syscall, slot: u64, arg: u64) -> (u64, u64) {
+    let (mut x0, mut x1) = (slot, 0u64);
+    let (m0, m1, m2, m3): (u64, u64, u64, u64);
+    // SAFETY: as for `syscall`.
+    unsafe {
+        core::arch::asm!(
+            "svc #0",
+            inout("x0") x0,
+            inout("x1") x1,
+            out("x2") m0,
+            out("x3") m1,
+            out("x4") m2,
+            out("x5") m3,
+            in("x6") arg,
+            in("x7") call as u64,
+            options(nostack),
+        );
+    }
+    with_msg_regs_mut(|mrs| mrs[..FAST_MSG_REGS].copy_from_slice(&[m0, m1, m2, m3]));
+    (x0, x1)
+}
+
+/// A trap that carries no message registers (Signal, Invoke, the debug
+/// console): `x2..=x5` are neither loaded nor stored, which the kernel
+/// preserves for these calls.
+fn syscall_no_message(call: Syscall, slot: u64, info: u64, arg: u64) -> (u64, u64) {
+    let (mut x0, mut x1) = (slot, info);
+    // SAFETY: as for `syscall`; the kernel returns x0 and x1 and restores
+    // every other register of this PD.
+    unsafe {
+        core::arch::asm!(
+            "svc #0",
+            inout("x0") x0,
+            inout("x1") x1,
+            in("x6") arg,
+            in("x7") call as u64,
+            options(nostack),
+        );
+    }
+    (x0, x1)
+}
+
 fn info(raw: u64) -> MessageInfo {
     MessageInfo::from_raw(raw).unwrap_or_default()
 }
@@ -56,14 +100,19 @@ impl Channel {
     /// Signals the other end.
     pub fn notify(self) {
         if allowed(*__tenure_notifications.get(), self, "notify") {
-            syscall(Syscall::Signal, Slot::notification(self.index() as u8).0.into(), 0, 0);
+            syscall_no_message(
+                Syscall::Signal,
+                Slot::notification(self.index() as u8).0.into(),
+                0,
+                0,
+            );
         }
     }
 
     /// Acknowledges this channel's interrupt, unmasking it.
     pub fn irq_ack(self) {
         if allowed(*__tenure_irqs.get(), self, "irq_ack") {
-            syscall(Syscall::Invoke, Slot::irq(self.index() as u8).0.into(), 0, 0);
+            syscall_no_message(Syscall::Invoke, Slot::irq(self.index() as u8).0.into(), 0, 0);
         }
     }
 
@@ -90,13 +139,23 @@ impl Child {
     /// Restarts the child at `pc`.
     pub fn restart(self, pc: usize) {
         let info = MessageInfo::new(child_method::RESTART, 0).unwrap_or_default();
-        syscall(Syscall::Invoke, Slot::child(self.index() as u8).0.into(), info.raw(), pc as u64);
+        syscall_no_message(
+            Syscall::Invoke,
+            Slot::child(self.index() as u8).0.into(),
+            info.raw(),
+            pc as u64,
+        );
     }
 
     /// Stops the child.
     pub fn stop(self) {
         let info = MessageInfo::new(child_method::STOP, 0).unwrap_or_default();
-        syscall(Syscall::Invoke, Slot::child(self.index() as u8).0.into(), info.raw(), 0);
+        syscall_no_message(
+            Syscall::Invoke,
+            Slot::child(self.index() as u8).0.into(),
+            info.raw(),
+            0,
+        );
     }
 }
 
@@ -114,7 +173,7 @@ impl Svc {
 
 impl Kernel for Svc {
     fn recv(&mut self) -> (u64, MessageInfo) {
-        let (badge, raw) = syscall(Syscall::Recv, Slot::INPUT.0.into(), 0, 0);
+        let (badge, raw) = syscall_receive(Syscall::Recv, Slot::INPUT.0.into(), 0);
         (badge, info(raw))
     }
 
@@ -133,7 +192,8 @@ impl Kernel for Svc {
             }
             _ => return self.recv(),
         };
-        let (badge, raw) = syscall(Syscall::NbSendRecv, Slot::INPUT.0.into(), 0, target.0.into());
+        let (badge, raw) =
+            syscall_receive(Syscall::NbSendRecv, Slot::INPUT.0.into(), target.0.into());
         (badge, info(raw))
     }
 
@@ -186,7 +246,7 @@ struct DebugConsole;
 impl Write for DebugConsole {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
-            syscall(Syscall::DebugPutChar, u64::from(b), 0, 0);
+            syscall_no_message(Syscall::DebugPutChar, u64::from(b), 0, 0);
         }
         Ok(())
     }
