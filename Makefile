@@ -25,7 +25,7 @@ help:
 	@echo "  bench    hyp-mm host benchmarks, then kernel IPC/boot/size benchmarks vs seL4 (QEMU)"
 	@echo "  fmt      format the workspace"
 	@echo "  clippy   lint the workspace, host and $(TARGET)"
-	@echo "  fuzz     fuzz hyp-mm operation sequences for FUZZ_SECONDS (default 60)"
+	@echo "  fuzz     fuzz hyp-mm operations, system.xml parsing and the boot image reader, FUZZ_SECONDS each (default 60)"
 	@echo "  image    build the kernel and PDs, pack $(SYSTEM) for BOARD into $(IMAGE)"
 	@echo "  run      build, pack and boot BOARD in QEMU, console here (quit: Ctrl-A X)"
 	@echo "  clean    remove build outputs"
@@ -58,6 +58,8 @@ fuzz: setup
 	@rustup toolchain list | grep -q '^nightly-' || rustup toolchain install nightly --profile minimal
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 	cd hyp-mm && cargo +nightly fuzz run ops -- -max_total_time=$(FUZZ_SECONDS)
+	cd tool && cargo +nightly fuzz run sdf -- -max_total_time=$(FUZZ_SECONDS)
+	cd boot-image && cargo +nightly fuzz run image -- -max_total_time=$(FUZZ_SECONDS)
 
 # The PD crates of the default system, built like the kernel.
 PDS := -p tenure-serial -p tenure-example-ping -p tenure-example-pong
@@ -76,4 +78,4 @@ run: image
 
 clean:
 	cargo clean
-	rm -rf build hyp-mm/fuzz/target
+	rm -rf build hyp-mm/fuzz/target tool/fuzz/target boot-image/fuzz/target
