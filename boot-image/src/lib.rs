@@ -21,7 +21,11 @@
 //! section lies inside `total_size` bytes, after the section table, is
 //! 8-byte aligned and does not overlap another; each section kind is known
 //! and appears at most once; a [`BoardInfo`] section is present and well
-//! formed (UTF-8 name, memory regions in bounds and non-overlapping).
+//! formed (UTF-8 name, memory regions in bounds and non-overlapping); the
+//! kernel's EL2 stage-1 map, if any, has both its sections, its tables are
+//! whole 4 KiB pages at a 4 KiB-aligned offset, TTBR0_EL2 names one of
+//! them and every table descriptor reachable from it names another
+//! ([`Stage1`]; `docs/decisions/0006-kernel-el2-stage1-identity-map.md`).
 //!
 //! All fields use zerocopy's little-endian integer types, so every struct
 //! has alignment 1 and can be read in place from any byte slice.
@@ -103,6 +107,11 @@ pub enum SectionKind {
     Blob = 6,
     /// Interrupts delivered to PDs: an array of [`IrqEntry`].
     Irqs = 7,
+    /// The kernel's EL2 stage-1 registers: a [`Stage1Config`].
+    Stage1 = 8,
+    /// The kernel's EL2 stage-1 translation tables: whole 4 KiB pages, at
+    /// a 4 KiB-aligned offset ([`STAGE1_TABLES_OFFSET`] as written).
+    Stage1Tables = 9,
 }
 
 impl SectionKind {
@@ -116,6 +125,8 @@ impl SectionKind {
             5 => Some(Self::Loads),
             6 => Some(Self::Blob),
             7 => Some(Self::Irqs),
+            8 => Some(Self::Stage1),
+            9 => Some(Self::Stage1Tables),
             _ => None,
         }
     }
@@ -135,6 +146,166 @@ pub const NO_PARENT: u8 = 0xff;
 pub struct Stage2Config {
     /// VTCR_EL2 for every PD.
     pub vtcr: U64,
+}
+
+/// Size of a translation table page (4 KiB granule).
+pub const TABLE_PAGE: u64 = 4096;
+/// Where [`write_image`] puts the [`SectionKind::Stage1Tables`] section:
+/// the first page boundary, past the header and the largest section
+/// table, so that the tool knows the tables' physical address before it
+/// writes the image (the image itself starts at a page boundary,
+/// `__boot_image`).
+pub const STAGE1_TABLES_OFFSET: u64 = TABLE_PAGE;
+const _: () = assert!(HEADER_SIZE as u64 + MAX_SECTIONS as u64 * 24 <= STAGE1_TABLES_OFFSET);
+
+/// The kernel's own EL2 stage-1 translation (TTBR0_EL2), built by the
+/// tool: the register values the kernel installs before it turns its MMU
+/// on. The tables themselves are the [`SectionKind::Stage1Tables`]
+/// section.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct Stage1Config {
+    /// MAIR_EL2.
+    pub mair: U64,
+    /// TCR_EL2 (HCR_EL2.E2H = 0 layout; TG0 must be 4 KiB).
+    pub tcr: U64,
+    /// TTBR0_EL2: the root table's physical address, inside the tables
+    /// section.
+    pub ttbr0: U64,
+    /// The physical address the tool placed the image at (page aligned):
+    /// the kernel checks it is where it found the image.
+    pub image_paddr: U64,
+}
+
+/// A leaf of the kernel's stage-1 map, as [`Stage1::translate`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage1Leaf {
+    /// The output address of the translated address.
+    pub pa: u64,
+    /// The level of the leaf: 1 or 2 for a block, 3 for a page.
+    pub level: u8,
+    /// The block or page descriptor.
+    pub descriptor: u64,
+}
+
+impl Stage1Leaf {
+    /// AttrIndx, descriptor bits [4:2]: the MAIR_EL2 attribute index.
+    pub fn attr_index(&self) -> u8 {
+        ((self.descriptor >> 2) & 0b111) as u8
+    }
+
+    /// AP[2], bit 7: read-only.
+    pub fn read_only(&self) -> bool {
+        self.descriptor & (1 << 7) != 0
+    }
+
+    /// XN, bit 54: not executable.
+    pub fn execute_never(&self) -> bool {
+        self.descriptor & (1 << 54) != 0
+    }
+}
+
+/// The kernel's stage-1 map in a checked image: its registers and tables.
+#[derive(Clone, Copy, Debug)]
+pub struct Stage1<'a> {
+    /// The registers.
+    pub config: &'a Stage1Config,
+    /// The table pages, as they lie at `tables_paddr`.
+    tables: &'a [u8],
+    /// Physical address of the first table page.
+    tables_paddr: u64,
+}
+
+/// Output address bits [47:12] of a descriptor.
+const DESC_ADDR_MASK: u64 = 0x0000_FFFF_FFFF_F000;
+
+impl<'a> Stage1<'a> {
+    /// TCR_EL2.T0SZ.
+    fn t0sz(&self) -> u32 {
+        (self.config.tcr.get() & 0x3f) as u32
+    }
+
+    /// The level the walk starts at for a 4 KiB granule: 0 for T0SZ
+    /// 16..=24, 1 for 25..=33, 2 for 34..=39 (Arm ARM, "Translation table
+    /// walk: the initial lookup level").
+    fn start_level(&self) -> u8 {
+        match self.t0sz() {
+            16..=24 => 0,
+            25..=33 => 1,
+            _ => 2,
+        }
+    }
+
+    /// The table page at physical address `pa`, if it is one of ours.
+    fn table(&self, pa: u64) -> Option<&'a [u8]> {
+        let off = pa.checked_sub(self.tables_paddr)?;
+        if !off.is_multiple_of(TABLE_PAGE) || off >= self.tables.len() as u64 {
+            return None;
+        }
+        self.tables.get(off as usize..(off + TABLE_PAGE) as usize)
+    }
+
+    fn entry(table: &[u8], index: usize) -> u64 {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&table[index * 8..index * 8 + 8]);
+        u64::from_le_bytes(raw)
+    }
+
+    /// Walks `va` through the tables as the MMU would (4 KiB granule,
+    /// VMSAv8-64 descriptors); `None` for an address outside the VA range
+    /// or an invalid descriptor.
+    pub fn translate(&self, va: u64) -> Option<Stage1Leaf> {
+        if va >> (64 - self.t0sz()) != 0 {
+            return None;
+        }
+        let mut table = self.table(self.config.ttbr0.get() & DESC_ADDR_MASK)?;
+        let mut level = self.start_level();
+        loop {
+            let shift = 12 + 9 * (3 - u32::from(level));
+            let index = ((va >> shift) & 0x1ff) as usize;
+            let desc = Self::entry(table, index);
+            match (desc & 0b11, level) {
+                (0b11, 0..=2) => {
+                    table = self.table(desc & DESC_ADDR_MASK)?;
+                    level += 1;
+                }
+                (0b01, 1 | 2) | (0b11, 3) => {
+                    let size_mask = (1u64 << shift) - 1;
+                    let pa = (desc & DESC_ADDR_MASK & !size_mask) | (va & size_mask);
+                    return Some(Stage1Leaf { pa, level, descriptor: desc });
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Every table descriptor reachable from the root names a table page
+    /// of the section, and the walk visits no more tables than there are
+    /// pages (so a shared or cyclic table is refused, and checking takes
+    /// bounded time).
+    fn check(&self) -> Result<(), ImageError> {
+        let tcr = self.config.tcr.get();
+        let tg0 = (tcr >> 14) & 0b11;
+        let ttbr0 = self.config.ttbr0.get();
+        if tg0 != 0 || !(16..=39).contains(&self.t0sz()) || ttbr0 & !DESC_ADDR_MASK != 0 {
+            return Err(ImageError::BadStage1);
+        }
+        let root = self.table(ttbr0).ok_or(ImageError::BadStage1)?;
+        let mut budget = self.tables.len() as u64 / TABLE_PAGE - 1;
+        self.check_table(root, self.start_level(), &mut budget)
+    }
+
+    fn check_table(&self, table: &[u8], level: u8, budget: &mut u64) -> Result<(), ImageError> {
+        for index in 0..512 {
+            let desc = Self::entry(table, index);
+            if level < 3 && desc & 0b11 == 0b11 {
+                let next = self.table(desc & DESC_ADDR_MASK).ok_or(ImageError::BadStage1)?;
+                *budget = budget.checked_sub(1).ok_or(ImageError::BadStage1)?;
+                self.check_table(next, level + 1, budget)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One protection domain.
@@ -376,6 +547,11 @@ pub enum ImageError {
     /// of range or unsorted, a capability naming no PD, a load outside the
     /// blob, an interrupt for no PD, too many PDs.
     BadSystem,
+    /// The EL2 stage-1 sections are malformed: one without the other, the
+    /// tables not whole pages at a page-aligned offset, the image address
+    /// not page aligned, TTBR0_EL2 outside the tables, a granule other than
+    /// 4 KiB, or a table descriptor naming a page outside the tables.
+    BadStage1,
 }
 
 impl core::fmt::Display for ImageError {
@@ -400,6 +576,7 @@ impl core::fmt::Display for ImageError {
             Self::BadBoardName => f.write_str("the boot image's board name is malformed"),
             Self::BadMemoryRegions => f.write_str("the boot image's memory regions are malformed"),
             Self::BadSystem => f.write_str("the boot image's system sections are inconsistent"),
+            Self::BadStage1 => f.write_str("the boot image's EL2 stage-1 map is malformed"),
         }
     }
 }
@@ -411,6 +588,7 @@ pub struct Image<'a> {
     sections: &'a [Section],
     board: &'a BoardInfo,
     system: System<'a>,
+    stage1: Option<Stage1<'a>>,
 }
 
 /// The system sections of an image; empty for a board-only image.
@@ -516,6 +694,8 @@ impl<'a> Image<'a> {
         let mut seen = 0u32;
         let mut board = None;
         let mut system = System::default();
+        let mut stage1_config = None;
+        let mut stage1_tables = None;
         for (i, section) in sections.iter().enumerate() {
             let (start, end) = section_range(section, table_end, total)?;
             for other in &sections[..i] {
@@ -559,11 +739,41 @@ impl<'a> Image<'a> {
                 SectionKind::Irqs => {
                     system.irqs = <[IrqEntry]>::ref_from_bytes(body).map_err(|_| size_err)?
                 }
+                SectionKind::Stage1 => {
+                    stage1_config = Some(Stage1Config::ref_from_bytes(body).map_err(|_| size_err)?);
+                }
+                SectionKind::Stage1Tables => {
+                    if !start.is_multiple_of(TABLE_PAGE)
+                        || body.is_empty()
+                        || !(body.len() as u64).is_multiple_of(TABLE_PAGE)
+                    {
+                        return Err(ImageError::BadStage1);
+                    }
+                    stage1_tables = Some((start, body));
+                }
             }
         }
         system.check()?;
         let board = board.ok_or(ImageError::MissingBoardInfo)?;
-        Ok(Self { bytes, sections, board, system })
+        let stage1 = match (stage1_config, stage1_tables) {
+            (None, None) => None,
+            (Some(config), Some((offset, tables))) => {
+                let image_paddr = config.image_paddr.get();
+                if !image_paddr.is_multiple_of(TABLE_PAGE) {
+                    return Err(ImageError::BadStage1);
+                }
+                let tables_paddr = image_paddr.checked_add(offset).ok_or(ImageError::BadStage1)?;
+                tables_paddr
+                    .checked_add(tables.len() as u64)
+                    .filter(|end| *end <= DESC_ADDR_MASK + TABLE_PAGE)
+                    .ok_or(ImageError::BadStage1)?;
+                let stage1 = Stage1 { config, tables, tables_paddr };
+                stage1.check()?;
+                Some(stage1)
+            }
+            _ => return Err(ImageError::BadStage1),
+        };
+        Ok(Self { bytes, sections, board, system, stage1 })
     }
 
     /// Checks the magic and version and returns the header's
@@ -592,6 +802,11 @@ impl<'a> Image<'a> {
     /// The system: PDs, capabilities, memory to fill, interrupts.
     pub fn system(&self) -> System<'a> {
         self.system
+    }
+
+    /// The kernel's EL2 stage-1 map, if the image has one.
+    pub fn stage1(&self) -> Option<Stage1<'a>> {
+        self.stage1
     }
 
     /// The section table.
@@ -670,6 +885,9 @@ pub struct Parts {
     pub blob: alloc::vec::Vec<u8>,
     /// Interrupts and the PDs they go to.
     pub irqs: alloc::vec::Vec<IrqEntry>,
+    /// The kernel's EL2 stage-1 registers and table pages; the tables are
+    /// written at [`STAGE1_TABLES_OFFSET`] in the image.
+    pub stage1: Option<(Stage1Config, alloc::vec::Vec<u8>)>,
 }
 
 /// Writes an image of `board` and `parts`; empty system sections are left
@@ -679,6 +897,11 @@ pub struct Parts {
 pub fn write_image(board: &BoardInfo, parts: &Parts) -> alloc::vec::Vec<u8> {
     use alloc::vec::Vec;
     let mut bodies: Vec<(SectionKind, &[u8])> = Vec::new();
+    // The tables first, so that they land at STAGE1_TABLES_OFFSET.
+    if let Some((config, tables)) = &parts.stage1 {
+        bodies.push((SectionKind::Stage1Tables, tables));
+        bodies.push((SectionKind::Stage1, config.as_bytes()));
+    }
     bodies.push((SectionKind::BoardInfo, board.as_bytes()));
     if let Some(stage2) = &parts.stage2 {
         bodies.push((SectionKind::Stage2Config, stage2.as_bytes()));
@@ -695,6 +918,9 @@ pub fn write_image(board: &BoardInfo, parts: &Parts) -> alloc::vec::Vec<u8> {
     let mut offset = table_end.next_multiple_of(SECTION_ALIGN as usize);
     let mut sections = Vec::new();
     for (kind, body) in &bodies {
+        if *kind == SectionKind::Stage1Tables {
+            offset = STAGE1_TABLES_OFFSET as usize;
+        }
         sections.push(Section {
             kind: (*kind as u32).into(),
             reserved: 0.into(),
@@ -1001,6 +1227,7 @@ mod tests {
                     reserved: 0.into(),
                     badge: 2.into(),
                 }],
+                stage1: None,
             }
         }
 
@@ -1037,6 +1264,153 @@ mod tests {
             assert_eq!(refused(|p| p.irqs[0].pd = 2), Err(ImageError::BadSystem));
             assert_eq!(refused(|p| p.stage2 = None), Err(ImageError::BadSystem));
             assert_eq!(refused(|p| p.pds[0].priority = 255), Err(ImageError::BadSystem));
+        }
+
+        const IMAGE_PADDR: u64 = 0x4030_0000;
+        const TABLES_PADDR: u64 = IMAGE_PADDR + STAGE1_TABLES_OFFSET;
+
+        fn put(tables: &mut [u8], page: usize, index: usize, desc: u64) {
+            let at = page * 4096 + index * 8;
+            tables[at..at + 8].copy_from_slice(&desc.to_le_bytes());
+        }
+
+        /// A 39-bit map (root at level 1): 0x4000_0000 as a 2 MiB block
+        /// of attribute 0, 0x4020_0000 as a device page (attribute 1, XN).
+        fn stage1() -> (Stage1Config, Vec<u8>) {
+            let mut tables = vec![0u8; 3 * 4096];
+            put(&mut tables, 0, 1, (TABLES_PADDR + 0x1000) | 0b11);
+            put(&mut tables, 1, 0, 0x4000_0000 | (1 << 10) | (1 << 6) | 0b01);
+            put(&mut tables, 1, 1, (TABLES_PADDR + 0x2000) | 0b11);
+            put(&mut tables, 2, 0, 0x4020_0000 | (1 << 54) | (1 << 10) | (1 << 2) | 0b11);
+            let config = Stage1Config {
+                mair: 0x04ff.into(),
+                tcr: 0x8082_3519.into(),
+                ttbr0: TABLES_PADDR.into(),
+                image_paddr: IMAGE_PADDR.into(),
+            };
+            (config, tables)
+        }
+
+        fn with_stage1() -> Parts {
+            Parts { stage1: Some(stage1()), ..parts() }
+        }
+
+        #[test]
+        fn a_stage1_map_round_trips_and_translates() {
+            let bytes = write_image(&board(), &with_stage1());
+            let image = Image::parse(&bytes).unwrap();
+            let tables = image
+                .sections()
+                .iter()
+                .find(|s| s.kind.get() == SectionKind::Stage1Tables as u32)
+                .unwrap();
+            assert_eq!(tables.offset.get(), STAGE1_TABLES_OFFSET);
+            let map = image.stage1().unwrap();
+            assert_eq!(map.config.mair.get(), 0x04ff);
+            let block = map.translate(0x4012_3456).unwrap();
+            assert_eq!((block.pa, block.level, block.attr_index()), (0x4012_3456, 2, 0));
+            assert!(!block.execute_never() && !block.read_only());
+            let page = map.translate(0x4020_0010).unwrap();
+            assert_eq!((page.pa, page.level, page.attr_index()), (0x4020_0010, 3, 1));
+            assert!(page.execute_never());
+            assert_eq!(map.translate(0x4020_1000), None, "an invalid page");
+            assert_eq!(map.translate(0x1000), None, "an invalid level-1 entry");
+            assert_eq!(map.translate(1 << 39), None, "outside the 39-bit VA range");
+            // The image still has its system, and one without a map none.
+            assert_eq!(image.system().pds.len(), 2);
+            assert!(Image::parse(&write_image(&board(), &parts())).unwrap().stage1().is_none());
+        }
+
+        #[test]
+        fn bad_stage1_maps_are_refused() {
+            let refused = |edit: fn(&mut Stage1Config, &mut Vec<u8>)| {
+                let mut p = with_stage1();
+                let (config, tables) = p.stage1.as_mut().unwrap();
+                edit(config, tables);
+                Image::parse(&write_image(&board(), &p)).map(|_| ())
+            };
+            assert_eq!(refused(|_, _| {}), Ok(()));
+            assert_eq!(refused(|_, t| t.truncate(4000)), Err(ImageError::BadStage1));
+            assert_eq!(refused(|_, t| t.clear()), Err(ImageError::BadStage1));
+            assert_eq!(
+                refused(|c, _| c.image_paddr = (IMAGE_PADDR + 8).into()),
+                Err(ImageError::BadStage1)
+            );
+            // TTBR0 past the tables, inside a page, or with low bits set.
+            assert_eq!(
+                refused(|c, _| c.ttbr0 = (TABLES_PADDR + 0x3000).into()),
+                Err(ImageError::BadStage1)
+            );
+            assert_eq!(
+                refused(|c, _| c.ttbr0 = (TABLES_PADDR + 0x800).into()),
+                Err(ImageError::BadStage1)
+            );
+            assert_eq!(
+                refused(|c, _| c.ttbr0 = (TABLES_PADDR | 1).into()),
+                Err(ImageError::BadStage1)
+            );
+            // A 64 KiB granule, a T0SZ out of range.
+            assert_eq!(
+                refused(|c, _| c.tcr = (c.tcr.get() | (1 << 14)).into()),
+                Err(ImageError::BadStage1)
+            );
+            assert_eq!(
+                refused(|c, _| c.tcr = (c.tcr.get() & !0x3f | 40).into()),
+                Err(ImageError::BadStage1)
+            );
+            // A table descriptor naming a page outside the tables.
+            assert_eq!(
+                refused(|_, t| put(t, 1, 5, 0x4000_0000 | 0b11)),
+                Err(ImageError::BadStage1)
+            );
+            // A table shared twice, and a cycle back to the root.
+            assert_eq!(
+                refused(|_, t| put(t, 1, 2, (TABLES_PADDR + 0x2000) | 0b11)),
+                Err(ImageError::BadStage1)
+            );
+            assert_eq!(
+                refused(|_, t| put(t, 1, 2, TABLES_PADDR | 0b11)),
+                Err(ImageError::BadStage1)
+            );
+            // A level-3 entry that looks like a table descriptor is a page.
+            assert_eq!(refused(|_, t| put(t, 2, 3, 0x7000_0000 | 0b11)), Ok(()));
+        }
+
+        #[test]
+        fn a_stage1_section_needs_its_tables_and_a_page_offset() {
+            let mut bytes = write_image(&board(), &with_stage1());
+            let image = Image::parse(&bytes).unwrap();
+            let index = |kind: SectionKind| {
+                image.sections().iter().position(|s| s.kind.get() == kind as u32).unwrap()
+            };
+            let tables = index(SectionKind::Stage1Tables);
+            let kind_at = |i: usize| HEADER_SIZE + i * SECTION_ENTRY_SIZE;
+            // Without loads, blob and interrupts, renaming a stage-1
+            // section to one of those kinds leaves the other one alone.
+            let lone = |from: SectionKind, to: SectionKind| {
+                let p = Parts { loads: vec![], blob: vec![], irqs: vec![], ..with_stage1() };
+                let mut bytes = write_image(&board(), &p);
+                let image = Image::parse(&bytes).unwrap();
+                let i = image.sections().iter().position(|s| s.kind.get() == from as u32).unwrap();
+                bytes[kind_at(i)..kind_at(i) + 4].copy_from_slice(&(to as u32).to_le_bytes());
+                Image::parse(&bytes).map(|_| ())
+            };
+            assert_eq!(
+                lone(SectionKind::Stage1Tables, SectionKind::Blob),
+                Err(ImageError::BadStage1),
+                "a config without tables"
+            );
+            assert_eq!(
+                lone(SectionKind::Stage1, SectionKind::Irqs),
+                Err(ImageError::BadStage1),
+                "tables without a config"
+            );
+            // Tables moved by 8 bytes: still in bounds, no longer a page.
+            let at = kind_at(tables) + 8;
+            bytes[at..at + 8].copy_from_slice(&(STAGE1_TABLES_OFFSET + 8).to_le_bytes());
+            let at = kind_at(tables) + 16;
+            bytes[at..at + 8].copy_from_slice(&(2 * TABLE_PAGE).to_le_bytes());
+            assert_eq!(Image::parse(&bytes).unwrap_err(), ImageError::BadStage1);
         }
 
         #[test]

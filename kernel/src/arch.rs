@@ -5,7 +5,9 @@
 //! Boot contract (docs/decisions/0003-boot-image-layout.md): the kernel is
 //! entered at `_start`, at EL2, MMU and caches off, on any core; the tool
 //! has relocated it to the board's load address and put the boot image at
-//! `__boot_image`.
+//! `__boot_image`. Once the image is parsed, `kernel_entry` installs the
+//! image's EL2 stage-1 identity map and turns the MMU and caches on
+//! (docs/decisions/0006-kernel-el2-stage1-identity-map.md).
 
 use crate::boot::{self, BootState};
 use crate::console::{self, print};
@@ -184,16 +186,35 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
     let Ok(uart) = usize::try_from(board.uart_base.get()) else { halt() };
     // SAFETY: the tool packed the board's PL011 base into the image the
     // kernel booted from; the MMU is off, so it is reachable as device
-    // memory; nothing else in the kernel drives it.
+    // memory (and stays so on the map installed next: Device-nGnRE at the
+    // same address); nothing else in the kernel drives it.
     unsafe { console::init(uart) };
 
     let start = (&raw const _start) as u64;
+    let image_paddr = (&raw const __boot_image) as u64;
+    let end = image_paddr + image.bytes().len() as u64;
+    if current_el == 2 {
+        // The kernel's own stage 1, prebuilt by the tool (docs/decisions/
+        // 0006): installed before anything else, once it is known to map
+        // the kernel, its image and its devices to themselves.
+        match boot::check_map(image.stage1(), image_paddr, start, end, board) {
+            // SAFETY: checked just now: the map keeps every address the
+            // kernel uses at its physical address, its memory Normal
+            // write-back and executable, its devices Device memory.
+            Ok(()) => unsafe { enable_mmu(image.stage1(), start, image_paddr) },
+            Err(e) => {
+                crate::kprintln!("Cannot install the boot image's EL2 map: {e:?}; stopping.");
+                halt()
+            }
+        }
+    }
     let state = BootState {
         current_el: current_el as u8,
         kernel_start: start,
-        kernel_end: (&raw const __boot_image) as u64 + image.bytes().len() as u64,
+        kernel_end: end,
         vectors: (&raw const exception_vectors) as u64,
         vbar_el2: if current_el == 2 { read_vbar_el2() } else { 0 },
+        sctlr_el2: if current_el == 2 { read_sysreg!("sctlr_el2") } else { 0 },
         board,
     };
     let mut out = ConsoleWriter;
@@ -213,6 +234,62 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
         crate::kprintln!("Cannot start the system: {e:?}");
     }
     halt()
+}
+
+/// Installs the boot image's EL2 stage-1 map and turns on the MMU and the
+/// caches (SCTLR_EL2.M, C and I; WXN cleared; other bits as they were).
+///
+/// Until now every data access was Device-nGnRnE (MMU off), so nothing
+/// the kernel wrote is in a cache; the loader cleaned the image to the
+/// point of coherency. Lines a loader left behind for the kernel's memory
+/// (`start..end`: text, data, bss and stack) are invalidated first so that
+/// they cannot hide what was written with the caches off.
+///
+/// # Safety
+///
+/// `map` must identity-map everything the kernel touches from here on
+/// ([`boot::check_map`]); called once, at EL2, MMU off.
+unsafe fn enable_mmu(map: Option<tenure_boot_image::Stage1<'_>>, start: u64, end: u64) {
+    let Some(map) = map else { return };
+    // CTR_EL0.DminLine, bits [19:16]: log2 of the smallest data cache line
+    // in words.
+    let ctr = read_sysreg!("ctr_el0");
+    let line = 4u64 << ((ctr >> 16) & 0xF);
+    let mut at = start & !(line - 1);
+    while at < end {
+        // SAFETY: invalidating cache lines of the kernel's own memory:
+        // with the MMU off none of them holds data the kernel wrote.
+        unsafe { asm!("dc ivac, {}", in(reg) at, options(nostack, preserves_flags)) };
+        at += line;
+    }
+    // SAFETY: the register values come from the checked image; the map
+    // keeps the code running here, its stack and its data where they are
+    // (the caller's contract), so execution continues after the `isb`.
+    unsafe {
+        asm!(
+            "dsb sy",
+            "msr mair_el2, {mair}",
+            "msr tcr_el2, {tcr}",
+            "msr ttbr0_el2, {ttbr0}",
+            "isb",
+            "tlbi alle2",
+            "ic iallu",
+            "dsb sy",
+            "isb",
+            "mrs {t}, sctlr_el2",
+            "orr {t}, {t}, {on}",
+            "bic {t}, {t}, {clear}",
+            "msr sctlr_el2, {t}",
+            "isb",
+            mair = in(reg) map.config.mair.get(),
+            tcr = in(reg) map.config.tcr.get(),
+            ttbr0 = in(reg) map.config.ttbr0.get(),
+            on = in(reg) boot::SCTLR_EL2_MMU_ON,
+            clear = in(reg) boot::SCTLR_EL2_MMU_CLEAR,
+            t = out(reg) _,
+            options(nostack),
+        );
+    }
 }
 
 /// The boot image after the kernel, checked; `None` if it is not valid.

@@ -158,8 +158,9 @@ impl Gic {
 
     fn write(reg: *mut u32, value: u32) {
         // SAFETY: every `reg` is a register of the board's GICv2, whose
-        // bases the boot image gives; the MMU is off, so they are device
-        // memory; only the kernel drives the GIC, on one core.
+        // bases the boot image gives; the kernel's EL2 map has them as
+        // Device-nGnRE at the same addresses (`boot::check_map` checked
+        // it); only the kernel drives the GIC, on one core.
         unsafe { reg.write_volatile(value) }
     }
 
@@ -315,8 +316,11 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
 }
 
 /// Copies the image's loads into physical memory and zeroes the rest of
-/// each range, then cleans it to the point of coherency, so PDs (which
-/// see it cacheable) read what was written with the MMU off.
+/// each range, then cleans it to the point of coherency and invalidates
+/// the instruction caches. The kernel writes through its own map (Normal
+/// write-back) and PDs see the memory cacheable too, so the data side is
+/// coherent already; the clean to the PoC and `ic iallu` are for the
+/// instruction side: PD code fetched from memory the kernel just wrote.
 fn load(image: &ImageSystem<'static>) {
     for load in image.loads {
         let base = load.paddr.get() as usize;

@@ -21,11 +21,12 @@
 //! `docs/decisions/0003-boot-image-layout.md`.
 
 use crate::board::{Board, ImageFormat};
+use crate::el2_map::{self, MapError};
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Rela, SectionHeader};
 use object::{LittleEndian as LE, Object, ObjectSymbol};
 use std::fmt;
-use tenure_boot_image::{BOARD_ONLY_SIZE, write_board_only};
+use tenure_boot_image::{Parts, write_image};
 
 /// Alignment of the boot image after the kernel, and of the load address.
 const PAGE: u64 = 4096;
@@ -48,6 +49,8 @@ pub enum PackError {
     UnsupportedRelocation(u32),
     /// A relocation or segment lies outside the kernel's memory.
     OutOfBounds(u64),
+    /// The kernel's EL2 map cannot be built for the board.
+    Map(MapError),
     /// The packed image does not fit in the board's RAM.
     DoesNotFit {
         /// Bytes needed.
@@ -73,6 +76,7 @@ impl fmt::Display for PackError {
             Self::OutOfBounds(addr) => {
                 write!(f, "the kernel ELF refers to {addr:#x}, outside its memory")
             }
+            Self::Map(e) => write!(f, "{e}"),
             Self::DoesNotFit { size, board } => write!(
                 f,
                 "the packed image ({size} bytes) does not fit in the RAM of board '{board}' at its kernel load address"
@@ -109,12 +113,13 @@ struct KernelMemory {
     entry: u64,
 }
 
-/// Packs `kernel_elf` for `board` with an image that holds only the
-/// board's description (no PDs yet).
+/// Packs `kernel_elf` for `board` with an image that holds the board's
+/// description and the kernel's EL2 map (no PDs).
 pub fn pack_kernel(kernel_elf: &[u8], board: &Board) -> Result<Packed, PackError> {
-    let mut boot_image = vec![0; BOARD_ONLY_SIZE];
-    write_board_only(&mut boot_image, &board.boot_info());
-    pack(kernel_elf, board, &boot_image)
+    let image_paddr = board.kernel_load_addr + kernel_size(kernel_elf)?;
+    let stage1 = el2_map::build(board, image_paddr).map_err(PackError::Map)?;
+    let parts = Parts { stage1: Some(stage1), ..Parts::default() };
+    pack(kernel_elf, board, &write_image(&board.boot_info(), &parts))
 }
 
 /// Bytes of memory the kernel occupies from its load address up to

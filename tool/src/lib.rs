@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod cli;
+pub mod el2_map;
 pub mod elf;
 pub mod image;
 pub mod layout;

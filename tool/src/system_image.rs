@@ -26,6 +26,7 @@
 //! Other RAM regions of the board are free in full.
 
 use crate::board::Board;
+use crate::el2_map::{self, MapError};
 use crate::elf::{ElfError, PdElf};
 use crate::layout::{self, Content, Layout, LayoutError, PhysAllocator};
 use crate::patch::patch_pd;
@@ -76,6 +77,8 @@ pub enum BuildError {
     KernelNotInRam,
     /// The image outgrew [`BOOT_IMAGE_WINDOW`].
     ImageTooLarge(u64),
+    /// The kernel's EL2 map cannot be built for the board.
+    Map(MapError),
 }
 
 impl fmt::Display for BuildError {
@@ -94,6 +97,7 @@ impl fmt::Display for BuildError {
             BuildError::KernelNotInRam => {
                 write!(f, "Error: the board's kernel load address is not in its RAM")
             }
+            BuildError::Map(e) => write!(f, "Error: {e}"),
             BuildError::ImageTooLarge(size) => write!(
                 f,
                 "Error: the boot image ({size:#x} bytes) is larger than the {BOOT_IMAGE_WINDOW:#x} \
@@ -317,6 +321,10 @@ pub fn build(
     parts.blob.extend_from_slice(&table_bytes);
     load(&mut parts.loads, area_base, tables.1, start, tables.1);
 
+    // The kernel's own map, for the image right after the kernel.
+    let image_paddr = board.kernel_load_addr + kernel_size;
+    parts.stage1 = Some(el2_map::build(board, image_paddr).map_err(BuildError::Map)?);
+
     let report = report(system, board, &layout, &parts, tables, reserved);
     Ok(SystemImage { parts, layout, tables, reserved, report })
 }
@@ -373,6 +381,17 @@ fn report(
     let _ = writeln!(r, "# Tenure system report\n\nBoard: {}", board.name);
     if let Some(s) = &parts.stage2 {
         let _ = writeln!(r, "VTCR_EL2: {:#x} (40-bit IPA, 40-bit PA range)", s.vtcr.get());
+    }
+    if let Some((s, tables)) = &parts.stage1 {
+        let _ = writeln!(
+            r,
+            "Kernel EL2 map: TCR_EL2 {:#x}, MAIR_EL2 {:#x}, TTBR0_EL2 {:#x} ({} table pages; \
+             RAM normal RWX, UART and GIC device)",
+            s.tcr.get(),
+            s.mair.get(),
+            s.ttbr0.get(),
+            tables.len() / 4096
+        );
     }
     let _ = writeln!(r, "\n# Protection domains\n");
     for (i, (pd, entry)) in pds.iter().zip(&parts.pds).enumerate() {
