@@ -244,10 +244,15 @@ impl<'a, const N: usize> System<'a, N> {
         self.reschedule();
     }
 
-    /// A capability of `pd` of the kind `kind`, from the raw slot `x0`.
-    fn cap(&self, pd: PdId, raw: u64, kind: CapKind) -> Result<Cap, Error> {
+    /// The capability of `pd` in the raw slot `raw`, of any kind.
+    fn any_cap(&self, pd: PdId, raw: u64) -> Result<Cap, Error> {
         let slot = Slot::from_raw(raw).ok_or(Error::InvalidCapability)?;
-        let cap = self.pd(pd).and_then(|p| p.cap(slot)).ok_or(Error::InvalidCapability)?;
+        self.pd(pd).and_then(|p| p.cap(slot)).ok_or(Error::InvalidCapability)
+    }
+
+    /// A capability of `pd` of the kind `kind`, from the raw slot `raw`.
+    fn cap(&self, pd: PdId, raw: u64, kind: CapKind) -> Result<Cap, Error> {
+        let cap = self.any_cap(pd, raw)?;
         if cap.kind != kind {
             return Err(Error::WrongKind);
         }
@@ -262,6 +267,11 @@ impl<'a, const N: usize> System<'a, N> {
 
     fn sys_signal<M: Machine>(&mut self, m: &mut M, cur: PdId, slot: u64) -> Result<(), Error> {
         let cap = self.cap(cur, slot, CapKind::Notification)?;
+        self.signal_cap(m, cur, cap)
+    }
+
+    /// Signals through a notification capability of `cur`.
+    fn signal_cap<M: Machine>(&mut self, m: &mut M, cur: PdId, cap: Cap) -> Result<(), Error> {
         let target = self.target(cap)?;
         m.set_return(cur, 0, 0);
         self.signal(m, target, cap.badge);
@@ -345,13 +355,10 @@ impl<'a, const N: usize> System<'a, N> {
         cur: PdId,
         slot: u64,
     ) -> Result<(), Error> {
-        let kind = Slot::from_raw(slot)
-            .and_then(|s| self.pd(cur)?.cap(s))
-            .map(|c| c.kind)
-            .ok_or(Error::InvalidCapability)?;
-        match kind {
-            CapKind::Notification => self.sys_signal(m, cur, slot)?,
-            CapKind::IrqHandler => self.irq_ack(m, cur, slot)?,
+        let cap = self.any_cap(cur, slot)?;
+        match cap.kind {
+            CapKind::Notification => self.signal_cap(m, cur, cap)?,
+            CapKind::IrqHandler => Self::irq_ack(m, cur, cap),
             _ => return Err(Error::WrongKind),
         }
         self.recv(m, cur);
@@ -375,11 +382,10 @@ impl<'a, const N: usize> System<'a, N> {
         self.current = None;
     }
 
-    fn irq_ack<M: Machine>(&mut self, m: &mut M, cur: PdId, slot: u64) -> Result<(), Error> {
-        let cap = self.cap(cur, slot, CapKind::IrqHandler)?;
+    /// Acknowledges the interrupt of an IRQ handler capability of `cur`.
+    fn irq_ack<M: Machine>(m: &mut M, cur: PdId, cap: Cap) {
         m.unmask_irq(cap.target);
         m.set_return(cur, 0, 0);
-        Ok(())
     }
 
     fn sys_invoke<M: Machine>(
@@ -390,14 +396,13 @@ impl<'a, const N: usize> System<'a, N> {
         info: u64,
         arg: u64,
     ) -> Result<(), Error> {
-        let kind = Slot::from_raw(slot)
-            .and_then(|s| self.pd(cur)?.cap(s))
-            .map(|c| c.kind)
-            .ok_or(Error::InvalidCapability)?;
-        match kind {
-            CapKind::IrqHandler => self.irq_ack(m, cur, slot),
+        let cap = self.any_cap(cur, slot)?;
+        match cap.kind {
+            CapKind::IrqHandler => {
+                Self::irq_ack(m, cur, cap);
+                Ok(())
+            }
             CapKind::ChildTcb => {
-                let cap = self.cap(cur, slot, CapKind::ChildTcb)?;
                 let child = self.target(cap)?;
                 let label = MessageInfo::from_raw(info).ok_or(Error::InvalidArgument)?.label();
                 match label {
