@@ -107,16 +107,23 @@ build_kernel() {
 # its TAP counts (the runner counts a timeout, crash or missing TEST_PASS as
 # a failure). Console log: build/systems/NAME/BOARD.log.
 target_suite() {
-    local name=$1 board=$2 dir=build/systems/$1 p f
+    local name=$1 board=$2 dir=build/systems/$1
     echo "== target suite: $name on $board (log: $dir/$board.log)"
     tenure test-image "$dir/$board.img" --board "$board" --timeout "$SUITE_TIMEOUT" |
         tee "$dir/$board.log"
-    read -r p f < <(sed -n 's/^TAP: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$dir/$board.log")
+    add_result_line "$dir/$board.log" 'TAP: ' "$name on $board"
+}
+
+# add_result_line LOG PREFIX LABEL: add the last `PREFIXN passed, M failed`
+# line of LOG to the totals; a log without one counts as one failure.
+add_result_line() {
+    local log=$1 prefix=$2 label=$3 p f
+    read -r p f < <(sed -n "s/^$prefix\([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$log" | tail -1)
     if [[ -z ${p:-} ]]; then
-        echo "== target suite FAILED: $name on $board (no result line)"
+        echo "== target suite FAILED: $label (no result line)"
         p=0 f=1
     fi
-    echo "== $name on $board: $p passed; $f failed"
+    echo "== $label: $p passed; $f failed"
     add_totals "$p" "$f"
 }
 
@@ -149,18 +156,12 @@ fi
 # suite without a system for BOARD is skipped and adds nothing. Log:
 # build/systems/SUITE/suite-BOARD.log.
 system_suite() {
-    local suite=$1 board=$2 log=build/systems/$1/suite-$2.log p f
+    local suite=$1 board=$2 log=build/systems/$1/suite-$2.log
     mkdir -p "build/systems/$suite"
     echo "== target suite $suite on $board (log: $log)"
     tenure test "ci/systems/$suite" --board "$board" --timeout "$SUITE_TIMEOUT" \
         --kernel "$KERNEL_ELF" | tee "$log"
-    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$log" | tail -1)
-    if [[ -z ${p:-} ]]; then
-        echo "== target suite $suite FAILED on $board (no result line)"
-        p=0 f=1
-    fi
-    echo "== $suite on $board: $p passed; $f failed"
-    add_totals "$p" "$f"
+    add_result_line "$log" '' "$suite on $board"
 }
 
 # parentless_fault_reported BOARD: the faults suite's orphan PD faulted
