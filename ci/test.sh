@@ -72,7 +72,7 @@ check "clippy (aarch64-unknown-none)" \
 check "clippy (PDs, aarch64-unknown-none)" \
     cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
     -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
-    -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd \
+    -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd -p tenure-passive-pd \
     --target aarch64-unknown-none -- -D warnings
 
 cargo_suite "host tests" build/test-host.log \

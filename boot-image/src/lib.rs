@@ -41,7 +41,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// First bytes of every image.
 pub const MAGIC: [u8; 8] = *b"TENUREIM";
 /// Format version this crate reads and writes; bumped on any layout change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Size of [`Header`].
 pub const HEADER_SIZE: usize = size_of::<Header>();
 /// Size of one [`Section`] table entry.
@@ -336,6 +336,10 @@ pub struct PdEntry {
     pub cap_first: U32,
     /// Number of its capabilities.
     pub cap_count: U32,
+    /// Scheduling budget: microseconds of CPU time per period, 1 or more.
+    pub budget_us: U64,
+    /// Scheduling period in microseconds, at least the budget.
+    pub period_us: U64,
 }
 
 impl PdEntry {
@@ -622,7 +626,7 @@ impl<'a> System<'a> {
     }
 
     /// Cross-section rules: PDs within limits with known parents and
-    /// their caps in range and sorted; caps of known kinds naming existing
+    /// their caps in range and sorted; budgets non-zero and within their periods; caps of known kinds naming existing
     /// PDs; loads inside the blob and not overflowing; IRQs naming PDs.
     fn check(&self) -> Result<(), ImageError> {
         let pds = self.pds.len();
@@ -639,6 +643,8 @@ impl<'a> System<'a> {
             if !parent_ok
                 || !sorted
                 || pd.priority == 255
+                || pd.budget_us.get() == 0
+                || pd.budget_us.get() > pd.period_us.get()
                 || core::str::from_utf8(&pd.name).is_err()
             {
                 return Err(ImageError::BadSystem);
@@ -1039,7 +1045,7 @@ mod tests {
     #[test]
     fn bad_headers_are_refused() {
         assert_eq!(with_header(|h| h.magic[0] = b'X'), Err(ImageError::BadMagic));
-        assert_eq!(with_header(|h| h.version = 2.into()), Err(ImageError::UnsupportedVersion(2)));
+        assert_eq!(with_header(|h| h.version = 1.into()), Err(ImageError::UnsupportedVersion(1)));
         assert_eq!(with_header(|h| h.header_size = 40.into()), Err(ImageError::BadHeader));
         assert_eq!(with_header(|h| h.reserved = 1.into()), Err(ImageError::BadHeader));
         assert_eq!(with_header(|h| h.total_size = 8.into()), Err(ImageError::BadHeader));
@@ -1195,6 +1201,8 @@ mod tests {
                 ipc_buffer: 0x4810_0000.into(),
                 cap_first: caps.0.into(),
                 cap_count: caps.1.into(),
+                budget_us: 1000.into(),
+                period_us: 1000.into(),
             }
         }
 
@@ -1264,6 +1272,8 @@ mod tests {
             assert_eq!(refused(|p| p.irqs[0].pd = 2), Err(ImageError::BadSystem));
             assert_eq!(refused(|p| p.stage2 = None), Err(ImageError::BadSystem));
             assert_eq!(refused(|p| p.pds[0].priority = 255), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.pds[0].budget_us = 0.into()), Err(ImageError::BadSystem));
+            assert_eq!(refused(|p| p.pds[1].period_us = 999.into()), Err(ImageError::BadSystem));
         }
 
         const IMAGE_PADDR: u64 = 0x4030_0000;

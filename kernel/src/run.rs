@@ -11,7 +11,7 @@
 //! stack the tool placed, VTTBR_EL2 = (VMID << 48) | stage-2 root.
 
 use crate::gic::{self, CpuInterface, Distributor};
-use crate::system::{Cap, FaultKind, Machine, Pd, PdId, System};
+use crate::system::{Cap, FaultKind, Machine, Pd, PdId, Sc, System};
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use tenure_abi::{CapKind, MSG_REGS, MessageInfo, Slot};
@@ -110,11 +110,8 @@ struct Hw {
     irqs: &'static [IrqEntry],
     gic: Gic,
     timer_intid: u32,
-    tick: u64,
 }
 
-/// Scheduler ticks per second (round robin among equal priorities).
-const TICKS_PER_SECOND: u64 = 100;
 /// Priority the kernel gives every interrupt (lower is more urgent; all
 /// equal, so none preempts another: the kernel never nests).
 const IRQ_PRIORITY: u32 = 0xa0;
@@ -248,6 +245,7 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     let table: &'static [(Slot, Cap)] = table;
     // SAFETY: only `start` takes these, once, before any PD runs.
     let contexts = unsafe { &mut *CONTEXTS.0.get() };
+    let freq = read_cntfrq();
     let pds = image.pds.iter().zip(contexts.iter_mut()).map(|(pd, ctx)| {
         ctx.elr = pd.entry.get();
         ctx.sp_el0 = pd.sp.get();
@@ -255,13 +253,17 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
         let first = pd.cap_first.get() as usize;
         let caps = &table[first..first + pd.cap_count.get() as usize];
         let parent = (pd.parent != NO_PARENT).then_some((PdId(pd.parent), pd.child_id));
-        Pd::new(pd.priority, parent, caps)
+        let sc =
+            Sc::new(us_to_ticks(pd.budget_us.get(), freq), us_to_ticks(pd.period_us.get(), freq));
+        let kernel_pd = Pd::new(pd.priority, parent, caps).with_sc(sc);
+        if pd.passive != 0 { kernel_pd.passive() } else { kernel_pd }
     });
     // SAFETY: as for CONTEXTS.
     let system = unsafe { &mut *SYSTEM.0.get() }.insert(System::new(pds));
     let vtcr = image.stage2.map_or(0, |c| c.vtcr.get());
-    // SAFETY: EL2 configuration for running PDs: HCR, VTCR and CPACR only
-    // affect lower exception levels, which run nothing yet.
+    // SAFETY: EL2 configuration for running PDs: HCR, VTCR, CPACR and the
+    // timer controls only affect lower exception levels, which run nothing
+    // yet; the EL2 timer is enabled with no deadline.
     unsafe {
         asm!(
             "msr hcr_el2, {hcr}",
@@ -269,10 +271,14 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
             "msr cpacr_el1, {cpacr}",
             "msr cnthctl_el2, {cnthctl}",
             "msr cntkctl_el1, {cntkctl}",
+            "msr cnthp_cval_el2, {never}",
+            "msr cnthp_ctl_el2, {enable}",
             "tlbi alle1",
             "dsb sy",
             "isb",
             cnthctl = in(reg) CNTHCTL_EL1_ACCESS,
+            never = in(reg) u64::MAX,
+            enable = in(reg) 1u64,
             cntkctl = in(reg) CNTKCTL_EL0_ACCESS,
             hcr = in(reg) HCR_PD,
             vtcr = in(reg) vtcr,
@@ -293,8 +299,6 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     }
     let timer_intid = board.timer_el2_phys_intid.get();
     gic.route(timer_intid, false);
-    let tick = read_cntfrq() / TICKS_PER_SECOND;
-    arm_timer(tick);
     let mut vttbrs = [0; MAX_PDS];
     for (v, pd) in vttbrs.iter_mut().zip(image.pds) {
         *v = (u64::from(pd.vmid.get()) << 48) | pd.stage2_root.get();
@@ -308,10 +312,10 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
         irqs: image.irqs,
         gic,
         timer_intid,
-        tick,
     };
     // SAFETY: the single kernel thread, before any exception can enter.
-    unsafe { *STATE.0.get() = Some(Running { system, hw }) };
+    let running = unsafe { &mut *STATE.0.get() }.insert(Running { system, hw });
+    running.system.start(&mut running.hw);
     switch_to_current()
 }
 
@@ -415,9 +419,8 @@ fn interrupts(system: &mut System<'static, MAX_PDS>, hw: &mut Hw) {
     while let Some(iar) = hw.gic.acknowledge() {
         let intid = iar & 0x3ff;
         if intid == hw.timer_intid {
-            arm_timer(hw.tick);
             hw.gic.end(iar);
-            system.tick();
+            system.timer(hw);
             continue;
         }
         hw.gic.mask(intid);
@@ -435,19 +438,11 @@ fn read_cntfrq() -> u64 {
     f
 }
 
-/// Arms the EL2 physical timer to fire in `ticks` counter ticks.
-fn arm_timer(ticks: u64) {
-    // SAFETY: the EL2 physical timer is the kernel's own.
-    unsafe {
-        asm!(
-            "msr cnthp_tval_el2, {t}",
-            "msr cnthp_ctl_el2, {on}",
-            "isb",
-            t = in(reg) ticks,
-            on = in(reg) 1u64,
-            options(nomem, nostack, preserves_flags),
-        )
-    };
+/// `us` microseconds in ticks of a counter running at `freq` Hz, at
+/// least 1 (the boot image bounds `us`; the product cannot overflow u128).
+fn us_to_ticks(us: u64, freq: u64) -> u64 {
+    let ticks = u128::from(us) * u128::from(freq) / 1_000_000;
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
 /// Handles an exception from a PD (vector table index `vector`), with its
@@ -543,5 +538,25 @@ impl Machine for Hw {
 
     fn debug_putc(&mut self, byte: u8) {
         crate::console::put(byte);
+    }
+
+    fn now(&mut self) -> u64 {
+        let t: u64;
+        // SAFETY: reading the physical counter has no side effect.
+        unsafe { asm!("mrs {}, cntpct_el0", out(reg) t, options(nomem, nostack, preserves_flags)) };
+        t
+    }
+
+    fn set_deadline(&mut self, at: u64) {
+        // SAFETY: the EL2 physical timer is the kernel's own; it fires
+        // (level) while the counter is at or past the compare value, which
+        // this write moves on.
+        unsafe {
+            asm!(
+                "msr cnthp_cval_el2, {at}",
+                at = in(reg) at,
+                options(nomem, nostack, preserves_flags),
+            )
+        };
     }
 }

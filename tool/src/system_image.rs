@@ -286,6 +286,8 @@ pub fn build(
             ipc_buffer: ipc_buffer.into(),
             cap_first: (parts.caps.len() as u32).into(),
             cap_count: (caps.len() as u32).into(),
+            budget_us: pd.budget.into(),
+            period_us: pd.period.into(),
         });
         parts.caps.extend(caps);
 
@@ -401,11 +403,13 @@ fn report(
         };
         let _ = writeln!(
             r,
-            "PD {i} '{}': priority {}, {}, parent {parent}, VMID {}\n  entry {:#x}, SP {:#x}, \
-             stage-2 root {:#x}, IPC buffer {:#x}",
+            "PD {i} '{}': priority {}, {}, budget {} us per {} us, parent {parent}, VMID {}\n  \
+             entry {:#x}, SP {:#x}, stage-2 root {:#x}, IPC buffer {:#x}",
             pd.name,
             entry.priority,
             if entry.passive == 1 { "passive" } else { "active" },
+            entry.budget_us.get(),
+            entry.period_us.get(),
             entry.vmid.get(),
             entry.entry.get(),
             entry.sp.get(),

@@ -13,7 +13,10 @@
 //! - a PD receives an event only from a wait (`Recv`, `ReplyRecv`,
 //!   `NbSendRecv`), so it never re-enters an entry point;
 //! - every syscall argument is checked here; a bad one returns an
-//!   [`Error`] to the caller and changes nothing.
+//!   [`Error`] to the caller and changes nothing;
+//! - every PD runs on a scheduling context (its own, or the one a caller
+//!   donated to it, see [`Sc`]), and at most one runnable PD runs on each;
+//!   a PD runs only while that context has budget left.
 
 mod queue;
 #[cfg(test)]
@@ -65,6 +68,9 @@ pub enum State {
     },
     /// Stopped: faulted without a parent, or stopped by its parent.
     Stopped,
+    /// Runnable, but the scheduling context it runs on has used its
+    /// budget; it runs again when the context is refilled.
+    Throttled,
 }
 
 /// The kind of a PD fault, as the label of the fault message (seL4's MCS
@@ -113,6 +119,77 @@ pub trait Machine {
     fn report_fault(&mut self, pd: PdId, kind: FaultKind);
     /// Writes a byte to the debug console.
     fn debug_putc(&mut self, byte: u8);
+    /// The time now, in ticks of the clock budgets are counted in.
+    fn now(&mut self) -> u64;
+    /// Asks for a call of [`System::timer`] at time `at` (replacing any
+    /// earlier request); `u64::MAX` asks for none.
+    fn set_deadline(&mut self, at: u64);
+}
+
+/// A scheduling context (seL4 MCS): the CPU time a PD may use, `budget`
+/// ticks in a window of `period` ticks.
+///
+/// A window opens when the context first runs after the previous one
+/// closed, with the full budget; a context whose budget is used waits for
+/// its window to close (it is *throttled*). A context whose budget equals
+/// its period is never throttled: using its budget only sends its PD
+/// behind the others of its priority (round robin, timeslice = budget).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Sc {
+    budget: u64,
+    period: u64,
+    /// Budget left in the current window.
+    remaining: u64,
+    /// When the current window opened.
+    refilled_at: u64,
+    /// The PD waiting for this context's refill.
+    throttled: Option<PdId>,
+}
+
+impl Sc {
+    /// A context of `budget` ticks per `period` ticks; `budget` is at least
+    /// 1 and at most `period`.
+    #[must_use]
+    pub fn new(budget: u64, period: u64) -> Self {
+        let budget = budget.max(1);
+        Sc {
+            budget,
+            period: period.max(budget),
+            remaining: budget,
+            refilled_at: 0,
+            throttled: None,
+        }
+    }
+
+    /// A context that never runs out (all a PD's time is its own).
+    #[must_use]
+    pub const fn unlimited() -> Self {
+        Sc {
+            budget: u64::MAX,
+            period: u64::MAX,
+            remaining: u64::MAX,
+            refilled_at: 0,
+            throttled: None,
+        }
+    }
+
+    /// When the current window closes.
+    fn window_end(&self) -> u64 {
+        self.refilled_at.saturating_add(self.period)
+    }
+
+    /// Opens a new window if the current one has closed.
+    fn refill_if_due(&mut self, now: u64) {
+        if now >= self.window_end() {
+            self.remaining = self.budget;
+            self.refilled_at = now;
+        }
+    }
+
+    /// Whether using the budget only means round robin.
+    fn is_round_robin(&self) -> bool {
+        self.budget == self.period
+    }
 }
 
 /// One protection domain.
@@ -131,6 +208,15 @@ pub struct Pd<'a> {
     next: Option<PdId>,
     /// First caller waiting on this PD's endpoint.
     waiting: Option<PdId>,
+    /// Passive: it runs calls on its callers' scheduling contexts, and
+    /// only notifications on its own.
+    passive: bool,
+    /// The PD whose scheduling context it runs on: `None` for its own, or
+    /// the caller (or faulting child) that donated one.
+    donated: Option<PdId>,
+    /// The scheduling context it starts with; [`System`] keeps it from
+    /// then on.
+    initial_sc: Sc,
 }
 
 impl<'a> Pd<'a> {
@@ -148,7 +234,25 @@ impl<'a> Pd<'a> {
             call: (0, MessageInfo::default()),
             next: None,
             waiting: None,
+            passive: false,
+            donated: None,
+            initial_sc: Sc::unlimited(),
         }
+    }
+
+    /// The same PD with the scheduling context `sc`.
+    #[must_use]
+    pub fn with_sc(mut self, sc: Sc) -> Self {
+        self.initial_sc = sc;
+        self
+    }
+
+    /// The same PD, passive: once it waits, calls run on the caller's
+    /// scheduling context (Microkit's `passive="true"`).
+    #[must_use]
+    pub fn passive(mut self) -> Self {
+        self.passive = true;
+        self
     }
 
     /// What the PD is doing.
@@ -163,6 +267,12 @@ impl<'a> Pd<'a> {
         self.priority
     }
 
+    /// The PD whose scheduling context it runs on now.
+    #[must_use]
+    pub fn runs_on(&self, me: PdId) -> PdId {
+        self.donated.unwrap_or(me)
+    }
+
     fn cap(&self, slot: Slot) -> Option<Cap> {
         let i = self.caps.binary_search_by_key(&slot, |(s, _)| *s).ok()?;
         Some(self.caps[i].1)
@@ -174,15 +284,32 @@ pub struct System<'a, const N: usize> {
     pds: [Option<Pd<'a>>; N],
     ready: ReadyQueues,
     current: Option<PdId>,
+    /// The scheduling context being charged (its owner), if any.
+    charging: Option<PdId>,
+    /// When the charged context started running.
+    slice_start: u64,
+    /// Owners of the contexts with a throttled PD waiting, one bit each.
+    throttled: u64,
+    /// Each PD's own scheduling context, by PD index.
+    scs: [Sc; N],
 }
 
 impl<'a, const N: usize> System<'a, N> {
     /// A system of `pds`, all ready; the highest priority runs first, and
     /// PDs of equal priority in index order.
     pub fn new(pds: impl IntoIterator<Item = Pd<'a>>) -> Self {
-        let mut system =
-            System { pds: [const { None }; N], ready: ReadyQueues::new(), current: None };
+        let mut system = System {
+            pds: [const { None }; N],
+            ready: ReadyQueues::new(),
+            current: None,
+            charging: None,
+            slice_start: 0,
+            throttled: 0,
+            scs: [Sc::unlimited(); N],
+        };
+        const { assert!(N <= 64, "one bit per PD in `throttled`") };
         for (i, pd) in pds.into_iter().take(N).enumerate() {
+            system.scs[i] = pd.initial_sc;
             system.pds[i] = Some(pd);
             let id = PdId(i as u8);
             system.append(id);
@@ -211,10 +338,37 @@ impl<'a, const N: usize> System<'a, N> {
         self.pd(id).map_or(0, |p| p.priority)
     }
 
+    /// The owner of the scheduling context `pd` runs on.
+    fn sc_of(&self, pd: PdId) -> PdId {
+        self.pd(pd).map_or(pd, |p| p.runs_on(pd))
+    }
+
+    fn sc_mut(&mut self, owner: PdId) -> &mut Sc {
+        &mut self.scs[usize::from(owner.0)]
+    }
+
+    /// The scheduling context of PD `owner`.
+    #[must_use]
+    pub fn sc(&self, owner: PdId) -> Option<&Sc> {
+        self.scs.get(usize::from(owner.0))
+    }
+
+    /// Starts the system: the first PD's time is counted from now.
+    pub fn start<M: Machine>(&mut self, m: &mut M) {
+        let now = m.now();
+        self.switch_sc(m, now);
+    }
+
     /// Handles a syscall of the current PD: `call` is `x7`, then `x0`,
     /// `x1` and `x6`. Afterwards [`System::current`] says who runs.
     pub fn syscall<M: Machine>(&mut self, m: &mut M, call: u64, x0: u64, x1: u64, x6: u64) {
         let Some(cur) = self.current else { return };
+        if call == Syscall::Call as u64 && self.fast_call(m, cur, x0, x1) {
+            return;
+        }
+        if call == Syscall::ReplyRecv as u64 && self.fast_reply_recv(m, cur, x1) {
+            return;
+        }
         let result = match Syscall::from_raw(call) {
             None => return self.fault(m, cur, FaultKind::UnknownSyscall),
             Some(Syscall::Signal) => self.sys_signal(m, cur, x0),
@@ -241,7 +395,98 @@ impl<'a, const N: usize> System<'a, N> {
         if let Err(e) = result {
             m.set_return(cur, e as u64, 0);
         }
-        self.reschedule();
+        self.schedule(m);
+    }
+
+    /// The fast path of a call: the callee waits and will be the highest
+    /// ready PD, so the call goes straight to it. Returns false, having
+    /// changed nothing, when the general path must handle the call (it
+    /// gives the same result, more slowly, or the error).
+    fn fast_call<M: Machine>(&mut self, m: &mut M, cur: PdId, slot: u64, info: u64) -> bool {
+        let Ok(cap) = self.cap(cur, slot, CapKind::Endpoint) else { return false };
+        let (Some(info), Ok(callee)) = (MessageInfo::from_raw(info), self.target(cap)) else {
+            return false;
+        };
+        let Some(server) = self.pd(callee) else { return false };
+        let prio = server.priority;
+        if callee == cur
+            || server.state != State::Recv
+            || self.ready.highest().is_some_and(|p| p > prio)
+        {
+            return false;
+        }
+        m.transfer(cur, callee, info);
+        m.set_return(callee, cap.badge, info.raw());
+        let sc = self.sc_of(cur);
+        let server = self.pd_mut(callee);
+        server.caller = Some(cur);
+        server.state = State::Ready;
+        if server.passive {
+            server.donated = Some(sc);
+        }
+        self.pd_mut(cur).state = State::Reply { callee };
+        self.current = Some(callee);
+        self.follow_sc(m, callee);
+        true
+    }
+
+    /// The fast path of a reply and wait: the server has no pending
+    /// notification or queued caller, so it blocks, and its caller
+    /// outranks every ready PD, so the caller runs next. Returns false,
+    /// having changed nothing, when the general path must handle it.
+    fn fast_reply_recv<M: Machine>(&mut self, m: &mut M, cur: PdId, info: u64) -> bool {
+        let (Some(info), Some(server)) = (MessageInfo::from_raw(info), self.pd(cur)) else {
+            return false;
+        };
+        let Some(caller) = server.caller else { return false };
+        if server.pending != 0
+            || server.waiting.is_some()
+            || self.ready.highest().is_some_and(|p| p >= self.prio(caller))
+        {
+            return false;
+        }
+        m.transfer(cur, caller, info);
+        m.set_return(caller, 0, info.raw());
+        let server = self.pd_mut(cur);
+        server.caller = None;
+        server.state = State::Recv;
+        server.donated = None;
+        self.pd_mut(caller).state = State::Ready;
+        self.current = Some(caller);
+        self.follow_sc(m, caller);
+        true
+    }
+
+    /// `next` runs now: when it runs on another scheduling context than
+    /// the one being charged, switch contexts.
+    fn follow_sc<M: Machine>(&mut self, m: &mut M, next: PdId) {
+        let owner = self.sc_of(next);
+        if self.charging != Some(owner) {
+            let now = m.now();
+            self.charge(now);
+            if !self.start_sc(m, now, owner) {
+                self.throttle_and_pick(m, now);
+            }
+        }
+    }
+
+    /// The common case of a context switch: starts charging `owner`'s
+    /// context, which has budget left, with nothing throttled (so the
+    /// deadline is the end of this budget). False, having changed nothing
+    /// but a due refill, otherwise.
+    fn start_sc<M: Machine>(&mut self, m: &mut M, now: u64, owner: PdId) -> bool {
+        if self.throttled != 0 {
+            return false;
+        }
+        let sc = self.sc_mut(owner);
+        sc.refill_if_due(now);
+        if sc.remaining == 0 {
+            return false;
+        }
+        let deadline = now.saturating_add(sc.remaining);
+        self.charging = Some(owner);
+        m.set_deadline(deadline);
+        true
     }
 
     /// The capability of `pd` in the raw slot `raw`, of any kind.
@@ -331,21 +576,36 @@ impl<'a, const N: usize> System<'a, N> {
             m.fault_message(caller, callee, FaultKind::from_label(info.label()));
         }
         m.set_return(callee, badge, info.raw());
+        let sc = self.sc_of(caller);
         let pd = self.pd_mut(callee);
         pd.caller = Some(caller);
         pd.state = State::Ready;
+        if pd.passive {
+            pd.donated = Some(sc);
+        }
         self.pd_mut(caller).state = State::Reply { callee };
     }
 
+    /// Replies, then waits. When the server blocks and the caller outranks
+    /// every ready PD (the usual end of a PPC), the caller runs next
+    /// without a trip through its ready queue.
     fn sys_reply_recv<M: Machine>(&mut self, m: &mut M, cur: PdId, info: u64) -> Result<(), Error> {
         let info = MessageInfo::from_raw(info).ok_or(Error::InvalidArgument)?;
-        if let Some(caller) = self.pd_mut(cur).caller.take() {
+        let caller = self.pd_mut(cur).caller.take();
+        if let Some(caller) = caller {
             m.transfer(cur, caller, info);
             m.set_return(caller, 0, info.raw());
             self.pd_mut(caller).state = State::Ready;
-            self.append(caller);
         }
         self.recv(m, cur);
+        if let Some(caller) = caller {
+            let prio = self.prio(caller);
+            if self.current.is_none() && self.ready.highest().is_none_or(|p| p < prio) {
+                self.current = Some(caller);
+            } else {
+                self.append(caller);
+            }
+        }
         Ok(())
     }
 
@@ -367,8 +627,12 @@ impl<'a, const N: usize> System<'a, N> {
 
     /// The current PD waits: it takes pending notifications, else the
     /// first queued caller, else blocks.
+    /// A passive PD that waits gives back the context it was lent: what
+    /// it receives next runs on its own (a notification) or on the
+    /// caller's (a call, see [`System::accept`]).
     fn recv<M: Machine>(&mut self, m: &mut M, cur: PdId) {
         let pd = self.pd_mut(cur);
+        pd.donated = None;
         if pd.pending != 0 {
             let pending = core::mem::take(&mut pd.pending);
             m.set_return(cur, pending, 0);
@@ -421,7 +685,7 @@ impl<'a, const N: usize> System<'a, N> {
     /// interrupt path) has masked it; it stays masked until acked.
     pub fn irq<M: Machine>(&mut self, m: &mut M, pd: PdId, badge: u64) {
         self.signal(m, pd, badge);
-        self.reschedule();
+        self.schedule(m);
     }
 
     /// The current PD faulted: its parent hears of it through its endpoint
@@ -440,31 +704,67 @@ impl<'a, const N: usize> System<'a, N> {
                 self.stop(pd);
             }
         }
-        self.reschedule();
+        self.schedule(m);
     }
 
-    /// A timer tick: the current PD goes behind the others of its
-    /// priority (round robin).
-    pub fn tick(&mut self) {
-        if let Some(cur) = self.current
-            && self.ready.highest().is_some_and(|p| p >= self.prio(cur))
-        {
-            self.append(cur);
-            self.current = None;
+    /// The deadline [`Machine::set_deadline`] asked for has passed (or an
+    /// early timer interrupt came): the running context is charged;
+    /// throttled contexts whose window closed are refilled and their PDs
+    /// run again; a current PD whose budget is used goes behind the others
+    /// of its priority (round robin) or, if its context is throttled,
+    /// waits for the refill.
+    pub fn timer<M: Machine>(&mut self, m: &mut M) {
+        let now = m.now();
+        self.charge(now);
+        let mut bits = self.throttled;
+        while bits != 0 {
+            let owner = PdId(bits.trailing_zeros() as u8);
+            bits &= bits - 1;
+            let sc = self.sc_mut(owner);
+            if now < sc.window_end() {
+                continue;
+            }
+            sc.refill_if_due(now);
+            if let Some(waiter) = sc.throttled.take() {
+                self.throttled &= !(1 << owner.0);
+                self.pd_mut(waiter).state = State::Ready;
+                self.wake(waiter);
+            }
+        }
+        if let Some(cur) = self.current {
+            let owner = self.sc_of(cur);
+            let sc = self.sc_mut(owner);
+            if sc.remaining == 0 {
+                if sc.is_round_robin() {
+                    sc.remaining = sc.budget;
+                    sc.refilled_at = now;
+                    if self.ready.highest().is_some_and(|p| p >= self.prio(cur)) {
+                        self.append(cur);
+                        self.current = None;
+                    }
+                } else {
+                    sc.refill_if_due(now);
+                }
+            }
         }
         self.reschedule();
+        self.switch_sc(m, now);
     }
 
     fn restart<M: Machine>(&mut self, m: &mut M, child: PdId, pc: u64) {
         self.detach(child);
-        self.pd_mut(child).state = State::Ready;
+        let pd = self.pd_mut(child);
+        pd.state = State::Ready;
+        pd.donated = None;
         m.set_pc(child, pc);
         self.wake(child);
     }
 
     fn stop(&mut self, pd: PdId) {
         self.detach(pd);
-        self.pd_mut(pd).state = State::Stopped;
+        let p = self.pd_mut(pd);
+        p.state = State::Stopped;
+        p.donated = None;
         if self.current == Some(pd) {
             self.current = None;
         }
@@ -472,13 +772,23 @@ impl<'a, const N: usize> System<'a, N> {
 
     /// Takes `pd` out of whatever queue holds it, and cancels the reply it
     /// waits for (a restarted or stopped PD must not be woken by a reply
-    /// meant for what it was doing).
+    /// meant for what it was doing); passive PDs serving that call on its
+    /// scheduling context go on with their own.
     fn detach(&mut self, pd: PdId) {
         match self.pd(pd).map(|p| p.state) {
             Some(State::Reply { callee }) => {
                 let owes = self.pd_mut(callee);
                 if owes.caller == Some(pd) {
                     owes.caller = None;
+                }
+                self.return_sc(pd, callee);
+            }
+            Some(State::Throttled) => {
+                let owner = self.sc_of(pd);
+                let sc = self.sc_mut(owner);
+                if sc.throttled == Some(pd) {
+                    sc.throttled = None;
+                    self.throttled &= !(1 << owner.0);
                 }
             }
             Some(State::Ready) if self.current != Some(pd) => {
@@ -490,7 +800,101 @@ impl<'a, const N: usize> System<'a, N> {
         }
     }
 
+    /// `pd` no longer waits for the reply of `callee`: every PD of the
+    /// call chain from `callee` on that runs on `pd`'s context goes back
+    /// to its own, so no two runnable PDs share a context.
+    fn return_sc(&mut self, pd: PdId, callee: PdId) {
+        let lent = self.sc_of(pd);
+        let mut next = Some(callee);
+        for _ in 0..N {
+            let Some(id) = next else { break };
+            let Some(p) = self.pd(id) else { break };
+            if p.donated != Some(lent) {
+                break;
+            }
+            next = match p.state {
+                State::Reply { callee } => Some(callee),
+                _ => None,
+            };
+            if p.state == State::Throttled {
+                self.sc_mut(lent).throttled = None;
+                self.throttled &= !(1 << lent.0);
+                self.pd_mut(id).state = State::Ready;
+                self.pd_mut(id).donated = None;
+                self.wake(id);
+            } else {
+                self.pd_mut(id).donated = None;
+            }
+        }
+    }
+
     // ---- scheduling ----
+
+    /// Decides who runs after an event and, when the scheduling context
+    /// changes, charges the old one and programs the next deadline. A
+    /// call to a passive server keeps the context: nothing to count.
+    fn schedule<M: Machine>(&mut self, m: &mut M) {
+        self.reschedule();
+        let next = self.current.map(|c| self.sc_of(c));
+        if next != self.charging {
+            let now = m.now();
+            self.switch_sc(m, now);
+        }
+    }
+
+    /// Charges the running context for the time since its slice started.
+    fn charge(&mut self, now: u64) {
+        if let Some(owner) = self.charging.take() {
+            let used = now.saturating_sub(self.slice_start);
+            let sc = self.sc_mut(owner);
+            sc.remaining = sc.remaining.saturating_sub(used);
+        }
+        self.slice_start = now;
+    }
+
+    /// Charges the old context and starts counting the current PD's; a
+    /// PD whose context has no budget left is throttled and the next
+    /// runs. Then asks for a timer call when the budget runs out or the
+    /// first throttled context is due a refill.
+    fn switch_sc<M: Machine>(&mut self, m: &mut M, now: u64) {
+        self.charge(now);
+        if let Some(cur) = self.current
+            && self.start_sc(m, now, self.sc_of(cur))
+        {
+            return;
+        }
+        self.throttle_and_pick(m, now);
+    }
+
+    /// The rest of [`System::switch_sc`], with the old context charged:
+    /// throttles current PDs out of budget until one can run (or none),
+    /// then asks for the earliest of its budget's end and the refills due.
+    fn throttle_and_pick<M: Machine>(&mut self, m: &mut M, now: u64) {
+        while let Some(cur) = self.current {
+            let owner = self.sc_of(cur);
+            let sc = self.sc_mut(owner);
+            sc.refill_if_due(now);
+            if sc.remaining > 0 {
+                self.charging = Some(owner);
+                break;
+            }
+            sc.throttled = Some(cur);
+            self.throttled |= 1 << owner.0;
+            self.pd_mut(cur).state = State::Throttled;
+            self.current = self.dequeue_highest();
+        }
+        let mut deadline = match self.charging {
+            Some(owner) => now.saturating_add(self.sc_mut(owner).remaining),
+            None => u64::MAX,
+        };
+        let mut bits = self.throttled;
+        while bits != 0 {
+            let owner = PdId(bits.trailing_zeros() as u8);
+            bits &= bits - 1;
+            deadline = deadline.min(self.sc_mut(owner).window_end());
+        }
+        m.set_deadline(deadline);
+    }
 
     /// `pd` became ready: it runs if nothing runs, else it joins the tail
     /// of its queue; [`System::reschedule`] then lets it preempt a

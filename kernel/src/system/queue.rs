@@ -20,33 +20,42 @@ fn priority(pds: &Pds<'_>, pd: PdId) -> u8 {
     pds[usize::from(pd.0)].as_ref().map_or(0, |p| p.priority)
 }
 
-/// One FIFO per priority and a bitmap of the non-empty ones, so the
-/// highest ready priority is found in four word tests.
+/// One FIFO per priority and a two-level bitmap of the non-empty ones
+/// (a bit per priority, and a bit per non-zero word), so the highest ready
+/// priority is two leading-zero counts away.
 pub(super) struct ReadyQueues {
     head: [Option<PdId>; 256],
     tail: [Option<PdId>; 256],
     bitmap: [u64; 4],
+    /// Bit `w` set when `bitmap[w]` is non-zero.
+    words: u64,
 }
 
 impl ReadyQueues {
     pub(super) const fn new() -> Self {
-        ReadyQueues { head: [None; 256], tail: [None; 256], bitmap: [0; 4] }
+        ReadyQueues { head: [None; 256], tail: [None; 256], bitmap: [0; 4], words: 0 }
     }
 
     /// The highest priority with a ready PD.
     pub(super) fn highest(&self) -> Option<u8> {
-        (0..4).rev().find_map(|w| {
-            let bits = self.bitmap[w];
-            (bits != 0).then(|| (w as u32 * 64 + 63 - bits.leading_zeros()) as u8)
-        })
+        if self.words == 0 {
+            return None;
+        }
+        let w = 63 - self.words.leading_zeros();
+        let bits = self.bitmap[w as usize & 3];
+        Some((w * 64 + 63 - bits.leading_zeros()) as u8)
     }
 
     fn mark(&mut self, prio: u8, nonempty: bool) {
         let (w, b) = (usize::from(prio / 64), prio % 64);
         if nonempty {
             self.bitmap[w] |= 1 << b;
+            self.words |= 1 << w;
         } else {
             self.bitmap[w] &= !(1 << b);
+            if self.bitmap[w] == 0 {
+                self.words &= !(1 << w);
+            }
         }
     }
 

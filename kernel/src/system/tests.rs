@@ -20,8 +20,10 @@ enum Effect {
     Putc(u8),
 }
 
+/// The machine of the tests: a log of effects, a clock the test moves,
+/// and the deadline the system last asked for.
 #[derive(Default)]
-struct Log(Vec<Effect>);
+struct Log(Vec<Effect>, u64, Option<u64>);
 
 impl Log {
     /// The last return values set for `pd`.
@@ -58,6 +60,19 @@ impl Machine for Log {
     fn debug_putc(&mut self, byte: u8) {
         self.0.push(Effect::Putc(byte));
     }
+    fn now(&mut self) -> u64 {
+        self.1
+    }
+    fn set_deadline(&mut self, at: u64) {
+        self.2 = Some(at);
+    }
+}
+
+/// Moves the clock on by `ticks` and calls the timer, as the deadline
+/// interrupt would.
+fn advance<const N: usize>(s: &mut System<'_, N>, m: &mut Log, ticks: u64) {
+    m.1 += ticks;
+    s.timer(m);
 }
 
 const A: PdId = PdId(0);
@@ -156,7 +171,7 @@ fn a_higher_priority_receiver_preempts_at_once_an_equal_one_does_not() {
     boot(&mut s, m);
     // Wake A alone: an IRQ-like signal to the lowest of the three.
     s.signal(m, A, 1);
-    s.tick();
+    s.timer(m);
     assert_eq!(s.current(), Some(A));
     sys(&mut s, m, Syscall::Signal, raw(Slot::notification(1)), 0, 0);
     assert_eq!(s.current(), Some(A), "equal priority: the notifier keeps running");
@@ -337,17 +352,20 @@ fn a_deferred_notify_and_the_next_wait_are_one_trap() {
 }
 
 #[test]
-fn equal_priorities_share_the_cpu_round_robin_on_ticks() {
+fn equal_priorities_share_the_cpu_round_robin_timeslice_budget() {
     let m = &mut Log::default();
-    let mut s: System<'_, 3> =
-        System::new([Pd::new(7, None, &[]), Pd::new(7, None, &[]), Pd::new(7, None, &[])]);
+    let pd = || Pd::new(7, None, &[]).with_sc(Sc::new(10, 10));
+    let mut s: System<'_, 3> = System::new([pd(), pd(), pd()]);
+    s.start(m);
+    assert_eq!(m.2, Some(10), "the first slice ends when its budget is used");
     let mut order = Vec::new();
     for _ in 0..6 {
         order.push(s.current().unwrap());
-        s.tick();
+        advance(&mut s, m, 4);
+        assert_eq!(s.current(), order.last().copied(), "no switch before the budget is used");
+        advance(&mut s, m, 6);
     }
     assert_eq!(order, [A, B, C, A, B, C]);
-    let _ = m;
 }
 
 #[test]
@@ -369,4 +387,163 @@ fn a_child_restarted_while_its_fault_is_pending_is_not_woken_by_the_reply() {
     sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
     assert_eq!(s.pd(B).unwrap().state(), State::Recv, "no spurious wakeup from the void reply");
     assert_eq!(s.current(), None);
+}
+
+// ---- scheduling contexts ----
+
+const D: PdId = PdId(3);
+
+fn remaining<const N: usize>(s: &System<'_, N>, owner: PdId) -> u64 {
+    s.sc(owner).unwrap().remaining
+}
+
+#[test]
+fn a_pd_out_of_budget_waits_for_its_refill_and_lower_priorities_run() {
+    let m = &mut Log::default();
+    let mut s: System<'_, 2> = System::new([
+        Pd::new(10, None, &[]).with_sc(Sc::new(2, 10)),
+        Pd::new(1, None, &[]).with_sc(Sc::new(5, 5)),
+    ]);
+    s.start(m);
+    assert_eq!((s.current(), m.2), (Some(A), Some(2)));
+    advance(&mut s, m, 2);
+    assert_eq!(s.pd(A).unwrap().state(), State::Throttled);
+    assert_eq!(s.current(), Some(B), "the lower priority runs while A is throttled");
+    assert_eq!(m.2, Some(7), "B's slice ends before A's refill at 10");
+    advance(&mut s, m, 5);
+    assert_eq!(s.current(), Some(B), "B alone at its priority: round robin keeps it");
+    assert_eq!(m.2, Some(10), "A's refill is the next deadline");
+    advance(&mut s, m, 3);
+    assert_eq!((s.current(), remaining(&s, A)), (Some(A), 2), "refilled at 10, preempts B");
+    // Signals to a throttled PD are latched, not lost.
+    advance(&mut s, m, 2);
+    s.signal(m, A, 1 << 4);
+    advance(&mut s, m, 8);
+    assert_eq!(s.current(), Some(A));
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    assert_eq!((s.current(), m.ret(A)), (Some(A), Some((1 << 4, 0))));
+}
+
+#[test]
+fn a_passive_server_runs_calls_on_the_callers_budget() {
+    // A calls passive B; C is a low-priority spinner.
+    let a_caps = [(Slot::endpoint(0), endpoint(B, 0))];
+    let m = &mut Log::default();
+    let mut s: System<'_, 3> = System::new([
+        Pd::new(5, None, &a_caps).with_sc(Sc::new(3, 100)),
+        Pd::new(10, None, &[]).with_sc(Sc::new(50, 50)).passive(),
+        Pd::new(1, None, &[]).with_sc(Sc::new(1000, 1000)),
+    ]);
+    s.start(m);
+    assert_eq!(s.current(), Some(B), "a passive PD runs its init on its own context");
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    assert_eq!(s.current(), Some(A));
+    advance(&mut s, m, 1);
+    sys(&mut s, m, Syscall::Call, raw(Slot::endpoint(0)), info(1, 0), 0);
+    assert_eq!(s.current(), Some(B));
+    assert_eq!(s.pd(B).unwrap().runs_on(B), A, "the call lent B the caller's context");
+    advance(&mut s, m, 2);
+    assert_eq!(s.pd(B).unwrap().state(), State::Throttled, "A's budget is used up");
+    assert_eq!(s.current(), Some(C));
+    assert_eq!(remaining(&s, B), 50, "B's own context was not charged");
+    advance(&mut s, m, 97);
+    assert_eq!(s.current(), Some(B), "A's refill lets B finish the call");
+    sys(&mut s, m, Syscall::ReplyRecv, raw(Slot::INPUT), info(0, 0), 0);
+    assert_eq!((s.current(), s.pd(B).unwrap().runs_on(B)), (Some(A), B));
+    // A notification runs B on its own context.
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    s.signal(m, B, 1);
+    s.timer(m);
+    assert_eq!((s.current(), s.pd(B).unwrap().runs_on(B)), (Some(B), B));
+}
+
+#[test]
+fn an_active_server_runs_calls_on_its_own_budget() {
+    let a_caps = [(Slot::endpoint(0), endpoint(B, 0))];
+    let m = &mut Log::default();
+    let mut s: System<'_, 2> = System::new([
+        Pd::new(5, None, &a_caps).with_sc(Sc::new(3, 100)),
+        Pd::new(10, None, &[]).with_sc(Sc::new(50, 50)),
+    ]);
+    s.start(m);
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    sys(&mut s, m, Syscall::Call, raw(Slot::endpoint(0)), info(1, 0), 0);
+    assert_eq!(s.pd(B).unwrap().runs_on(B), B);
+    advance(&mut s, m, 10);
+    assert_eq!(s.current(), Some(B), "B is charged, not A");
+    assert_eq!((remaining(&s, A), remaining(&s, B)), (3, 40));
+}
+
+#[test]
+fn nested_calls_to_passive_servers_all_run_on_the_first_callers_context() {
+    let a_caps = [(Slot::endpoint(0), endpoint(B, 0))];
+    let b_caps = [(Slot::endpoint(1), endpoint(C, 0))];
+    let m = &mut Log::default();
+    let mut s: System<'_, 4> = System::new([
+        Pd::new(5, None, &a_caps).with_sc(Sc::new(4, 100)),
+        Pd::new(10, None, &b_caps).passive(),
+        Pd::new(20, None, &[]).passive(),
+        Pd::new(1, None, &[]),
+    ]);
+    s.start(m);
+    boot_until(&mut s, m, A);
+    sys(&mut s, m, Syscall::Call, raw(Slot::endpoint(0)), info(1, 0), 0);
+    sys(&mut s, m, Syscall::Call, raw(Slot::endpoint(1)), info(2, 0), 0);
+    assert_eq!(s.current(), Some(C));
+    assert_eq!((s.pd(B).unwrap().runs_on(B), s.pd(C).unwrap().runs_on(C)), (A, A));
+    advance(&mut s, m, 4);
+    assert_eq!((s.pd(C).unwrap().state(), s.current()), (State::Throttled, Some(D)));
+}
+
+#[test]
+fn restarting_a_caller_gives_its_passive_servers_their_own_context_back() {
+    // D (the parent) restarts its child A while passive B serves A's call
+    // throttled on A's context: B must run on, on its own.
+    let a_caps = [(Slot::endpoint(0), endpoint(B, 0))];
+    let d_caps = [(Slot::child(0), Cap { kind: CapKind::ChildTcb, target: 0, badge: 0 })];
+    let m = &mut Log::default();
+    let mut s: System<'_, 4> = System::new([
+        Pd::new(5, Some((D, 0)), &a_caps).with_sc(Sc::new(2, 100)),
+        Pd::new(10, None, &[]).with_sc(Sc::new(50, 50)).passive(),
+        Pd::new(1, None, &[]),
+        Pd::new(30, None, &d_caps),
+    ]);
+    s.start(m);
+    boot_until(&mut s, m, A);
+    sys(&mut s, m, Syscall::Call, raw(Slot::endpoint(0)), info(1, 0), 0);
+    advance(&mut s, m, 2);
+    assert_eq!(s.pd(B).unwrap().state(), State::Throttled);
+    s.signal(m, D, 1);
+    s.timer(m);
+    assert_eq!(s.current(), Some(D));
+    let restart = info(child_method::RESTART, 0);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::child(0)), restart, 0x20_0000);
+    assert_eq!((s.pd(B).unwrap().state(), s.pd(B).unwrap().runs_on(B)), (State::Ready, B));
+    assert_eq!(s.sc(A).unwrap().throttled, None);
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    assert_eq!(s.current(), Some(B), "B finishes on its own budget before A runs again");
+    sys(&mut s, m, Syscall::ReplyRecv, raw(Slot::INPUT), info(0, 0), 0);
+    assert_eq!(s.pd(A).unwrap().state(), State::Throttled, "A's context is still used up");
+}
+
+#[test]
+fn a_faulting_child_lends_its_context_to_a_passive_parent() {
+    let m = &mut Log::default();
+    let mut s: System<'_, 2> = System::new([
+        Pd::new(20, None, &[]).passive(),
+        Pd::new(10, Some((A, 1)), &[]).with_sc(Sc::new(5, 100)),
+    ]);
+    s.start(m);
+    boot_until(&mut s, m, B);
+    s.fault(m, B, FaultKind::VmFault);
+    assert_eq!((s.current(), s.pd(A).unwrap().runs_on(A)), (Some(A), B));
+}
+
+/// Lets PDs run `init` and wait, highest priority first, until `pd` is
+/// current.
+fn boot_until<const N: usize>(s: &mut System<'_, N>, m: &mut Log, pd: PdId) {
+    while s.current() != Some(pd) {
+        assert!(s.current().is_some(), "{pd:?} never runs");
+        sys(s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    }
 }

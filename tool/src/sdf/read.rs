@@ -12,6 +12,8 @@ use super::{
     ProtectionDomain, SdfError, Setvar, SystemDescription, Trigger, Vcpu, VirtualMachine,
 };
 
+/// Longest period, in microseconds: seL4's `MAX_PERIOD_US`, one hour.
+const PERIOD_MAX: u64 = 3_600_000_000;
 /// Microkit's default budget (and so period), in microseconds.
 const BUDGET_DEFAULT: u64 = 1000;
 /// Microkit 2.1's default stack: two pages.
@@ -247,6 +249,15 @@ impl<'a, 'input> Reader<'a, 'input> {
     fn scheduling(&self, node: Node) -> Result<(u8, u64, u64)> {
         let budget = self.optional_number(node, "budget")?.unwrap_or(BUDGET_DEFAULT);
         let period = self.optional_number(node, "period")?.unwrap_or(budget);
+        if budget == 0 {
+            return Err(self.error(node, "budget must be at least 1 microsecond".into()));
+        }
+        if period > PERIOD_MAX {
+            return Err(self.error(
+                node,
+                format!("period ({period}) must be at most {PERIOD_MAX} microseconds (one hour)"),
+            ));
+        }
         if budget > period {
             return Err(self.error(
                 node,
