@@ -25,6 +25,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod mm;
+
 /// Number of message registers a message may carry (Microkit's limit).
 pub const MSG_REGS: usize = 64;
 /// Message registers passed in `x2..=x5`; the rest go through the IPC buffer.
