@@ -74,6 +74,8 @@ check "clippy (PDs, aarch64-unknown-none)" \
     -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
     -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd -p tenure-passive-pd \
     --target aarch64-unknown-none -- -D warnings
+check "clippy (test guest, aarch64-unknown-none)" \
+    cargo clippy -p tenure-test-guest --target aarch64-unknown-none -- -D warnings
 
 cargo_suite "host tests" build/test-host.log \
     cargo test --workspace --all-targets --no-fail-fast
@@ -196,6 +198,12 @@ if check "build the kernel for the system suites" \
         done
     done
 fi
+
+# The test guest on its own, under QEMU virt at EL1 (no hypervisor): its
+# probes with native expectations and its control boots.
+echo "== guest images: the test guest under QEMU virt at EL1 (log: build/test-guest.log)"
+guest-images/test.sh | tee build/test-guest.log
+add_result_line build/test-guest.log '' "test guest under QEMU virt"
 
 echo "$passed passed, $failed failed"
 ((failed == 0))

@@ -27,6 +27,8 @@
 
 pub mod mm;
 
+pub mod hvc;
+
 /// Number of message registers a message may carry (Microkit's limit).
 pub const MSG_REGS: usize = 64;
 /// Message registers passed in `x2..=x5`; the rest go through the IPC buffer.

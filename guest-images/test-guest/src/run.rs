@@ -1,0 +1,268 @@
+//! One boot: read the device tree, run the plan's probes, print their TAP
+//! lines and the sentinel, then power off (or stop, without `off`).
+
+use crate::arch::{self, Abort, Conduit};
+use crate::console::{self, println};
+use core::panic::PanicInfo;
+use core::ptr;
+use fdt::Fdt;
+use tenure_abi::hvc::{Function, GRANULE, MEMINFO_HAS_RANGE, Ret};
+use tenure_test_guest::bootargs::{Entry, Plan};
+use tenure_test_guest::probe::{
+    Expect, Layout, PAGE_WORDS, Page, Probe, Scratch, Step, check_zeroed, secret_word,
+};
+use tenure_test_guest::tap::{Failure, Tap};
+
+/// Exception class of a data abort taken without a change of exception
+/// level (ESR_ELx.EC, Arm ARM D24.2.40).
+const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+/// ESR_ELx.ISS bit 10 of a data abort, FnV: FAR is not valid.
+const ESR_FNV: u64 = 1 << 10;
+
+/// What the probes run against.
+struct Guest {
+    layout: Layout,
+    expect: Expect,
+    el: u64,
+}
+
+/// Rust entry, from `_start` with the device tree's address, the image's
+/// load address and the exception level.
+#[unsafe(no_mangle)]
+extern "C" fn guest_main(dtb: u64, load: u64, el: u64) -> ! {
+    // SAFETY: the boot protocol passes the device tree's address in x0;
+    // `from_ptr` checks its header before reading the rest, and nothing
+    // writes to it while the guest runs.
+    let Ok(fdt) = (unsafe { Fdt::from_ptr(dtb as *const u8) }) else {
+        // No device tree, so no console to say so: stop.
+        arch::halt()
+    };
+    let Some(uart) = fdt
+        .find_compatible(&["arm,pl011"])
+        .and_then(|node| node.reg())
+        .and_then(|mut reg| reg.next())
+        .map(|region| region.starting_address as usize)
+    else {
+        arch::halt()
+    };
+    // SAFETY: the device tree names this PL011 as the machine's; the MMU
+    // is off, so it is reachable at its address, and nothing else in the
+    // guest drives it.
+    unsafe { console::init(uart) };
+    arch::set_conduit(match fdt.find_node("/psci").and_then(|n| n.property("method")) {
+        Some(method) if method.as_str() == Some("hvc") => Conduit::Hvc,
+        Some(method) if method.as_str() == Some("smc") => Conduit::Smc,
+        _ => Conduit::None,
+    });
+
+    let bootargs = fdt.find_node("/chosen").and_then(|_| fdt.chosen().bootargs()).unwrap_or("");
+    let plan = Plan::parse(bootargs);
+    let image = arch::image_layout();
+    // The memory node that holds the image is the guest's RAM.
+    let ram = fdt
+        .find_node("/memory")
+        .and_then(|_| {
+            fdt.memory()
+                .regions()
+                .map(|r| (r.starting_address as u64, r.size.unwrap_or(0) as u64))
+                .find(|&(start, size)| start <= load && load - start < size)
+        })
+        .unwrap_or((0, 0));
+    let layout = Layout {
+        ram_start: ram.0,
+        ram_end: ram.0 + ram.1,
+        uart: uart as u64,
+        scratch: image.scratch,
+        secret: plan.secret.unwrap_or(image.scratch + Scratch::Secret as u64 * GRANULE),
+        image: [image.start, image.scratch],
+        dtb: [dtb, dtb + fdt.total_size() as u64],
+    };
+    let guest = Guest { layout, expect: plan.expect, el };
+
+    println!(
+        "# tenure-test-guest {}: EL{el}, image at {load:#x}..{:#x}, device tree at {dtb:#x}, RAM {:#x}..{:#x}, PL011 at {uart:#x}",
+        env!("CARGO_PKG_VERSION"),
+        image.end,
+        layout.ram_start,
+        layout.ram_end
+    );
+    println!("# bootargs: {bootargs}");
+    let layout_problem = if image.scratch_pages < Scratch::COUNT {
+        Some("link.ld reserves too few scratch pages")
+    } else {
+        layout.problem()
+    };
+
+    let mut out = console::Console;
+    let mut tap = Tap::default();
+    let _ = Tap::plan(&mut out, plan.entries().len());
+    for entry in plan.entries() {
+        let (name, result) = match *entry {
+            Entry::Probe(probe) => {
+                let result = match layout_problem {
+                    Some(why) if probe != Probe::Print => Err(Failure::Layout(why)),
+                    _ => guest.run(probe),
+                };
+                (probe.name(), result)
+            }
+            Entry::Unknown(name) => (name, Err(Failure::Unknown)),
+            Entry::BadArg(arg) => (arg, Err(Failure::BadArg)),
+        };
+        let _ = tap.result(&mut out, name, result);
+    }
+    let _ = tap.finish(&mut out);
+    if plan.off {
+        power_off()
+    }
+    println!("# no `off` in probes: stopping here");
+    arch::halt()
+}
+
+impl Guest {
+    fn run(&self, probe: Probe) -> Result<(), Failure> {
+        match probe {
+            Probe::Print => self.print(),
+            Probe::Meminfo => self.meminfo(),
+            Probe::Outside => outside(self.layout.ram_end),
+            Probe::SecretWrite => secret_write(self.layout.secret),
+            Probe::SecretRead => read_zeroed(self.layout.secret, false),
+            Probe::Share => {
+                self.steps(probe.steps())?;
+                // Shared in place: the page still reads what it is written.
+                write_and_read_back(self.layout.address(Page::Scratch(Scratch::Shared)))
+            }
+            Probe::Relinquish => {
+                let page = self.layout.address(Page::Scratch(Scratch::Relinquish));
+                write_secret(page);
+                self.steps(probe.steps())?;
+                match self.expect {
+                    // Given up: gone, or scrubbed before it came back.
+                    Expect::Tenure => read_zeroed(page, true),
+                    Expect::Native => Ok(()),
+                }
+            }
+            _ => self.steps(probe.steps()),
+        }
+    }
+
+    /// Makes the calls of `steps`, each of which must return what it
+    /// expects; successful memory calls must have done every granule.
+    fn steps(&self, steps: &[Step]) -> Result<(), Failure> {
+        for (i, step) in steps.iter().enumerate() {
+            let x1 = self.layout.address(step.page);
+            let [x0, done, ..] = arch::smccc(step.call.id, [x1, step.granules, step.x3]);
+            let want = step.want(self.expect);
+            if x0 != want.raw() {
+                return Err(Failure::Returned {
+                    step: i + 1,
+                    call: step.call,
+                    args: [x1, step.granules],
+                    got: x0,
+                    want,
+                });
+            }
+            if want == Ret::Success && done != step.granules {
+                return Err(Failure::Done { call: step.call, got: done, want: step.granules });
+            }
+        }
+        Ok(())
+    }
+
+    fn print(&self) -> Result<(), Failure> {
+        println!("# hello from EL{} at {:#x}", self.el, self.layout.image[0]);
+        if self.el == 1 { Ok(()) } else { Err(Failure::WrongEl(self.el)) }
+    }
+
+    fn meminfo(&self) -> Result<(), Failure> {
+        let [granule, flags, ..] = arch::smccc(Function::HypMeminfo.id(), [0; 3]);
+        match self.expect {
+            Expect::Tenure if granule == GRANULE && flags & MEMINFO_HAS_RANGE != 0 => Ok(()),
+            Expect::Native if granule == Ret::NotSupported.raw() => Ok(()),
+            _ => Err(Failure::Meminfo { granule, flags }),
+        }
+    }
+}
+
+/// Reads the first byte past RAM: it must take a data abort at that
+/// address, which the guest reports and steps over.
+fn outside(addr: u64) -> Result<(), Failure> {
+    match arch::guarded_read(addr) {
+        Ok(_) => Err(Failure::NoAbort { addr }),
+        Err(Abort { esr, far }) => {
+            println!("# data abort reading {addr:#x}: ESR_EL1 {esr:#x} FAR_EL1 {far:#x}");
+            let far_ok = esr & ESR_FNV != 0 || far == addr;
+            if esr >> 26 == EC_DATA_ABORT_SAME_EL && far_ok {
+                Ok(())
+            } else {
+                Err(Failure::WrongAbort { addr, esr, far })
+            }
+        }
+    }
+}
+
+/// Writes the secret pattern into `page`.
+fn write_secret(page: u64) {
+    for i in 0..PAGE_WORDS {
+        // SAFETY: `page` is a page of the guest's RAM outside its image
+        // and device tree (`Layout::problem`), so nothing else of the
+        // guest's uses it; it is 8-byte aligned.
+        unsafe { ptr::write_volatile((page + 8 * i as u64) as *mut u64, secret_word(i)) };
+    }
+}
+
+/// Writes the secret pattern into `page` and reads it back.
+fn secret_write(page: u64) -> Result<(), Failure> {
+    write_secret(page);
+    for i in 0..PAGE_WORDS {
+        let addr = page + 8 * i as u64;
+        // SAFETY: as in `write_secret`.
+        let got = unsafe { ptr::read_volatile(addr as *const u64) };
+        if got != secret_word(i) {
+            return Err(Failure::Readback { addr, got, want: secret_word(i) });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a word into `page` and reads it back.
+fn write_and_read_back(page: u64) -> Result<(), Failure> {
+    let want = secret_word(0);
+    // SAFETY: `page` is one of the guest's scratch pages, 8-byte aligned,
+    // which only this probe uses.
+    unsafe { ptr::write_volatile(page as *mut u64, want) };
+    // SAFETY: as above.
+    let got = unsafe { ptr::read_volatile(page as *const u64) };
+    if got == want { Ok(()) } else { Err(Failure::Readback { addr: page, got, want }) }
+}
+
+/// Checks that `page` reads as zeros; an abort on the first word passes
+/// too if `may_abort` (the page is gone).
+fn read_zeroed(page: u64, may_abort: bool) -> Result<(), Failure> {
+    let mut words = [0; PAGE_WORDS];
+    for (i, word) in words.iter_mut().enumerate() {
+        let addr = page + 8 * i as u64;
+        *word = match arch::guarded_read(addr) {
+            Ok(value) => value,
+            Err(Abort { esr, far }) if may_abort && i == 0 => {
+                println!("# {page:#x} is gone: ESR_EL1 {esr:#x} FAR_EL1 {far:#x}");
+                return Ok(());
+            }
+            Err(Abort { esr, far }) => return Err(Failure::WrongAbort { addr, esr, far }),
+        };
+    }
+    check_zeroed(words).map_err(|leftover| Failure::Leftover { page, leftover })
+}
+
+/// Ends the boot with PSCI SYSTEM_OFF; stops the core if that returns.
+pub fn power_off() -> ! {
+    let [ret, ..] = arch::smccc(Function::SystemOff.id(), [0; 3]);
+    println!("# SYSTEM_OFF returned {:#x}", ret);
+    arch::halt()
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    println!("# panic: {info}");
+    println!("TEST_FAIL");
+    power_off()
+}
