@@ -6,10 +6,11 @@
 //! entered at `_start`, at EL2, MMU and caches off, on any core; the tool
 //! has relocated it to the board's load address and put the boot image at
 //! `__boot_image`. Once the image is parsed, `kernel_entry` installs the
-//! image's EL2 stage-1 identity map and turns the MMU and caches on
-//! (docs/decisions/0006-kernel-el2-stage1-identity-map.md).
+//! image's EL2 stage-1 identity map and turns the MMU and caches on, with
+//! SCTLR_EL2.WXN set (docs/decisions/0006-kernel-el2-stage1-identity-map.md,
+//! docs/decisions/0008-kernel-map-is-w-xor-x.md).
 
-use crate::boot::{self, BootState};
+use crate::boot::{self, BootState, KernelRegions};
 use crate::console::{self, print};
 use crate::exception::Report;
 use core::arch::{asm, global_asm};
@@ -171,6 +172,17 @@ unsafe extern "C" {
     static exception_vectors: u8;
     /// Where the tool put the boot image (linker script).
     static __boot_image: u8;
+    /// The end of the kernel's text and the start of its read-only data
+    /// (linker script, page aligned, as are the symbols below).
+    static __text_end: u8;
+    /// The end of the read-only data and the start of data and bss.
+    static __rodata_end: u8;
+    /// The stack's guard page, unmapped: the page after bss.
+    static __stack_guard: u8;
+    /// The lowest byte of the boot stack, right above the guard page.
+    static __stack_bottom: u8;
+    /// The top of the boot stack (it grows down from here).
+    static __stack_top: u8;
 }
 
 /// Rust entry, from `_start` on the boot core with a stack and zeroed BSS.
@@ -193,14 +205,26 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
     let start = (&raw const _start) as u64;
     let image_paddr = (&raw const __boot_image) as u64;
     let end = image_paddr + image.bytes().len() as u64;
+    let guard = (&raw const __stack_guard) as u64;
+    let stack_bottom = (&raw const __stack_bottom) as u64;
+    let regions = KernelRegions {
+        text: start..(&raw const __text_end) as u64,
+        rodata: (&raw const __text_end) as u64..(&raw const __rodata_end) as u64,
+        data: (&raw const __rodata_end) as u64..guard,
+        guard: guard..stack_bottom,
+        stack: stack_bottom..(&raw const __stack_top) as u64,
+        image: image_paddr..end,
+    };
     if current_el == 2 {
         // The kernel's own stage 1, prebuilt by the tool (docs/decisions/
-        // 0006): installed before anything else, once it is known to map
-        // the kernel, its image and its devices to themselves.
-        match boot::check_map(image.stage1(), image_paddr, start, end, board) {
+        // 0006, 0008): installed before anything else, once it is known
+        // to map the kernel, its image and its devices to themselves, W^X,
+        // with the page under the stack unmapped.
+        match boot::check_map(image.stage1(), image_paddr, &regions, board) {
             // SAFETY: checked just now: the map keeps every address the
-            // kernel uses at its physical address, its memory Normal
-            // write-back and executable, its devices Device memory.
+            // kernel uses at its physical address, its text Normal
+            // write-back and executable, the memory it writes (data, bss,
+            // stack) writable, its devices Device memory.
             Ok(()) => unsafe { enable_mmu(image.stage1(), start, image_paddr) },
             Err(e) => {
                 crate::kprintln!("Cannot install the boot image's EL2 map: {e:?}; stopping.");
@@ -216,6 +240,9 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
         vbar_el2: if current_el == 2 { read_vbar_el2() } else { 0 },
         sctlr_el2: if current_el == 2 { read_sysreg!("sctlr_el2") } else { 0 },
         board,
+        regions,
+        map: image.stage1(),
+        translate: translate_el2,
     };
     let mut out = ConsoleWriter;
     let _ = boot::banner(&mut out, &state);
@@ -236,8 +263,9 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
     halt()
 }
 
-/// Installs the boot image's EL2 stage-1 map and turns on the MMU and the
-/// caches (SCTLR_EL2.M, C and I; WXN cleared; other bits as they were).
+/// Installs the boot image's EL2 stage-1 map and turns on the MMU, the
+/// caches and write-implies-execute-never (SCTLR_EL2.M, C, I and WXN;
+/// other bits as they were).
 ///
 /// Until now every data access was Device-nGnRnE (MMU off), so nothing
 /// the kernel wrote is in a cache; the loader cleaned the image to the
@@ -247,7 +275,8 @@ extern "C" fn kernel_entry(current_el: u64) -> ! {
 ///
 /// # Safety
 ///
-/// `map` must identity-map everything the kernel touches from here on
+/// `map` must identity-map everything the kernel touches from here on,
+/// its text executable and not writable, what it writes writable
 /// ([`boot::check_map`]); called once, at EL2, MMU off.
 unsafe fn enable_mmu(map: Option<tenure_boot_image::Stage1<'_>>, start: u64, end: u64) {
     let Some(map) = map else { return };
@@ -278,18 +307,59 @@ unsafe fn enable_mmu(map: Option<tenure_boot_image::Stage1<'_>>, start: u64, end
             "isb",
             "mrs {t}, sctlr_el2",
             "orr {t}, {t}, {on}",
-            "bic {t}, {t}, {clear}",
             "msr sctlr_el2, {t}",
             "isb",
             mair = in(reg) map.config.mair.get(),
             tcr = in(reg) map.config.tcr.get(),
             ttbr0 = in(reg) map.config.ttbr0.get(),
             on = in(reg) boot::SCTLR_EL2_MMU_ON,
-            clear = in(reg) boot::SCTLR_EL2_MMU_CLEAR,
             t = out(reg) _,
             options(nostack),
         );
     }
+}
+
+/// PAR_EL1.F, bit 0: the address translation faulted (Arm ARM D24.2.142,
+/// PAR_EL1, 64-bit format).
+const PAR_F: u64 = 1;
+/// PAR_EL1.PA, bits [47:12]: the output address when F is 0.
+const PAR_PA: u64 = 0x0000_FFFF_FFFF_F000;
+
+/// Translates `va` with the EL2 stage 1 as a read (`AT S1E2R`) or a write
+/// (`AT S1E2W`) would, without accessing it (Arm ARM C5.5, "A64 System
+/// instructions for address translation"): the output address, or `None`
+/// if the access would fault. At EL2 only.
+fn translate_el2(va: u64, write: bool) -> Option<u64> {
+    let par: u64;
+    if write {
+        // SAFETY: AT touches no memory and writes only PAR_EL1, which no
+        // EL2 code reads but this; the `isb` makes its result visible to
+        // the `mrs` (D24.2.142). The kernel runs at EL2, where both are
+        // allowed.
+        unsafe {
+            asm!(
+                "at s1e2w, {va}",
+                "isb",
+                "mrs {par}, par_el1",
+                va = in(reg) va,
+                par = out(reg) par,
+                options(nostack, preserves_flags),
+            );
+        }
+    } else {
+        // SAFETY: as above, for a read.
+        unsafe {
+            asm!(
+                "at s1e2r, {va}",
+                "isb",
+                "mrs {par}, par_el1",
+                va = in(reg) va,
+                par = out(reg) par,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+    (par & PAR_F == 0).then_some((par & PAR_PA) | (va & 0xFFF))
 }
 
 /// The boot image after the kernel, checked; `None` if it is not valid.

@@ -19,14 +19,20 @@
 //! The block is written as a one-segment ELF (QEMU `-kernel`) or as a raw
 //! `kernel8.img`, as the board says. See
 //! `docs/decisions/0003-boot-image-layout.md`.
+//!
+//! The kernel's segments (`kernel/link.ld`: text, rodata, data, stack,
+//! each on its own pages) give the permissions of its pages in its EL2
+//! map: packing writes them into the boot image's map, whose tables were
+//! shaped for the kernel's size (`el2_map`,
+//! `docs/decisions/0008-kernel-map-is-w-xor-x.md`).
 
 use crate::board::{Board, ImageFormat};
-use crate::el2_map::{self, MapError};
+use crate::el2_map::{self, Access, KernelLayout, KernelSegment, MapError};
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Rela, SectionHeader};
 use object::{LittleEndian as LE, Object, ObjectSymbol};
 use std::fmt;
-use tenure_boot_image::{Parts, write_image};
+use tenure_boot_image::{Image, Parts, SectionKind, Stage1Config, write_image};
 
 /// Alignment of the boot image after the kernel, and of the load address.
 const PAGE: u64 = 4096;
@@ -51,6 +57,9 @@ pub enum PackError {
     OutOfBounds(u64),
     /// The kernel's EL2 map cannot be built for the board.
     Map(MapError),
+    /// The boot image cannot take the kernel's EL2 map; the text says
+    /// why.
+    BootImage(String),
     /// The packed image does not fit in the board's RAM.
     DoesNotFit {
         /// Bytes needed.
@@ -77,6 +86,9 @@ impl fmt::Display for PackError {
                 write!(f, "the kernel ELF refers to {addr:#x}, outside its memory")
             }
             Self::Map(e) => write!(f, "{e}"),
+            Self::BootImage(why) => {
+                write!(f, "the boot image cannot take the kernel's EL2 map: {why}")
+            }
             Self::DoesNotFit { size, board } => write!(
                 f,
                 "the packed image ({size} bytes) does not fit in the RAM of board '{board}' at its kernel load address"
@@ -111,13 +123,27 @@ struct KernelMemory {
     bytes: Vec<u8>,
     /// Entry point, relative to the link base.
     entry: u64,
+    /// The loadable segments, at their run-time addresses.
+    segments: Vec<KernelSegment>,
+}
+
+impl KernelMemory {
+    /// The kernel at `load_addr`, as its EL2 map sees it.
+    fn layout(&self, load_addr: u64) -> KernelLayout {
+        KernelLayout {
+            base: load_addr,
+            size: self.bytes.len() as u64,
+            segments: self.segments.clone(),
+        }
+    }
 }
 
 /// Packs `kernel_elf` for `board` with an image that holds the board's
 /// description and the kernel's EL2 map (no PDs).
 pub fn pack_kernel(kernel_elf: &[u8], board: &Board) -> Result<Packed, PackError> {
-    let image_paddr = board.kernel_load_addr + kernel_size(kernel_elf)?;
-    let stage1 = el2_map::build(board, image_paddr).map_err(PackError::Map)?;
+    let kernel = load_kernel(kernel_elf, board.kernel_load_addr)?;
+    let stage1 = el2_map::build_for_kernel(board, &kernel.layout(board.kernel_load_addr))
+        .map_err(PackError::Map)?;
     let parts = Parts { stage1: Some(stage1), ..Parts::default() };
     pack(kernel_elf, board, &write_image(&board.boot_info(), &parts))
 }
@@ -128,12 +154,16 @@ pub fn kernel_size(kernel_elf: &[u8]) -> Result<u64, PackError> {
     Ok(load_kernel(kernel_elf, 0)?.bytes.len() as u64)
 }
 
-/// Packs `kernel_elf` and an encoded `boot_image` for `board`.
+/// Packs `kernel_elf` and an encoded `boot_image` for `board`. The boot
+/// image's EL2 map (from [`el2_map::build`] or
+/// [`el2_map::build_for_kernel`], for the image right after this kernel)
+/// gets the permissions of the kernel's segments.
 pub fn pack(kernel_elf: &[u8], board: &Board, boot_image: &[u8]) -> Result<Packed, PackError> {
     let kernel = load_kernel(kernel_elf, board.kernel_load_addr)?;
+    let boot_image = with_kernel_map(boot_image, board, &kernel.layout(board.kernel_load_addr))?;
     let mut memory = kernel.bytes;
     let boot_image_offset = memory.len() as u64;
-    memory.extend_from_slice(boot_image);
+    memory.extend_from_slice(&boot_image);
     let memory_size = memory.len() as u64;
     let load_addr = board.kernel_load_addr;
     let fits = board
@@ -161,6 +191,40 @@ pub fn pack(kernel_elf: &[u8], board: &Board, boot_image: &[u8]) -> Result<Packe
         boot_image_addr: load_addr + boot_image_offset,
         memory_size,
     })
+}
+
+/// `boot_image` with its EL2 map's tables replaced by the W^X map of
+/// `kernel`: the same registers and the same tables, but for the
+/// permissions of the kernel's pages.
+fn with_kernel_map(
+    boot_image: &[u8],
+    board: &Board,
+    kernel: &KernelLayout,
+) -> Result<Vec<u8>, PackError> {
+    let image = Image::parse(boot_image)
+        .map_err(|e| PackError::BootImage(format!("it is not a valid boot image ({e})")))?;
+    let old = image.stage1().ok_or_else(|| PackError::BootImage("it has none".into()))?.config;
+    let (config, tables) = el2_map::build_for_kernel(board, kernel).map_err(PackError::Map)?;
+    let section = image
+        .sections()
+        .iter()
+        .find(|s| s.kind.get() == SectionKind::Stage1Tables as u32)
+        .ok_or_else(|| PackError::BootImage("it has no tables".into()))?;
+    let registers =
+        |c: &Stage1Config| [c.mair.get(), c.tcr.get(), c.ttbr0.get(), c.image_paddr.get()];
+    if registers(old) != registers(&config) || section.size.get() != tables.len() as u64 {
+        return Err(PackError::BootImage(format!(
+            "it was built for an image at {:#x} with {} table pages, the kernel needs one at {:#x} with {}",
+            old.image_paddr.get(),
+            section.size.get() / PAGE,
+            config.image_paddr.get(),
+            tables.len() as u64 / PAGE
+        )));
+    }
+    let mut out = boot_image.to_vec();
+    let at = section.offset.get() as usize;
+    out[at..at + tables.len()].copy_from_slice(&tables);
+    Ok(out)
 }
 
 /// Reads the kernel's segments into memory laid out from its link base,
@@ -203,6 +267,7 @@ fn load_kernel(data: &[u8], load_addr: u64) -> Result<KernelMemory, PackError> {
 
     let size = boot_image - base;
     let mut bytes = vec![0u8; usize::try_from(size).map_err(|_| PackError::OutOfBounds(size))?];
+    let mut kernel_segments = Vec::new();
     for ph in &segments {
         let contents = ph
             .data(endian, data)
@@ -212,6 +277,23 @@ fn load_kernel(data: &[u8], load_addr: u64) -> Result<KernelMemory, PackError> {
             return Err(PackError::WrongKernel("a segment has more file bytes than memory".into()));
         }
         bytes[start..start + contents.len()].copy_from_slice(contents);
+        let flags = ph.p_flags(endian);
+        let access = match (flags & elf::PF_W != 0, flags & elf::PF_X != 0) {
+            (true, true) => {
+                return Err(PackError::WrongKernel(format!(
+                    "its segment at {:#x} is both writable and executable; link it with kernel/link.ld",
+                    ph.p_vaddr(endian)
+                )));
+            }
+            (false, true) => Access::ReadExecute,
+            (true, false) => Access::ReadWrite,
+            (false, false) => Access::ReadOnly,
+        };
+        kernel_segments.push(KernelSegment {
+            addr: load_addr + start as u64,
+            size: ph.p_memsz(endian),
+            access,
+        });
     }
 
     for section in file.elf_section_table().iter() {
@@ -238,7 +320,11 @@ fn load_kernel(data: &[u8], load_addr: u64) -> Result<KernelMemory, PackError> {
             _ => {}
         }
     }
-    Ok(KernelMemory { bytes, entry: header.e_entry(endian).wrapping_sub(base) })
+    Ok(KernelMemory {
+        bytes,
+        entry: header.e_entry(endian).wrapping_sub(base),
+        segments: kernel_segments,
+    })
 }
 
 /// Applies one `R_AARCH64_RELATIVE` relocation: the 64-bit word at link
@@ -314,6 +400,7 @@ fn wrap_in_elf(memory: &[u8], load_addr: u64, entry: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::board::by_name;
+    use crate::elf::tests::{Seg, build as build_elf};
 
     #[test]
     fn relative_relocations_add_the_load_address() {
@@ -348,6 +435,101 @@ mod tests {
         assert_eq!(phs.len(), 1);
         assert_eq!(phs[0].p_paddr(LE), 0x4020_0000);
         assert_eq!(phs[0].data(LE, &*bytes).unwrap(), &memory[..]);
+    }
+
+    /// A kernel laid out as `kernel/link.ld` does, in small: text at 0,
+    /// rodata at 0x1000, data and bss at 0x2000..0x3800, the guard page
+    /// at 0x4000, a stack at 0x5000..0x7000, the boot image at 0x7000.
+    fn kernel_elf(text_flags: u32) -> Vec<u8> {
+        let segment = |vaddr, data, mem_size, flags| Seg { vaddr, data, mem_size, flags };
+        let segments = [
+            segment(0, &[0x1f, 0x20, 0x03, 0xd5][..], 4, text_flags),
+            segment(0x1000, &[1; 8], 8, elf::PF_R),
+            segment(0x2000, &[2; 8], 0x1800, elf::PF_R | elf::PF_W),
+            segment(0x5000, &[], 0x2000, elf::PF_R | elf::PF_W),
+        ];
+        build_elf(elf::EM_AARCH64, elf::ET_DYN, &segments, &[(BOOT_IMAGE_SYMBOL, 0x7000, 0)])
+    }
+
+    /// The boot image inside a packed file.
+    fn boot_image_of(packed: &Packed) -> &[u8] {
+        let offset = match packed.format {
+            ImageFormat::Elf => ELF_SEGMENT_OFFSET,
+            ImageFormat::Raw => 0,
+        };
+        &packed.bytes[(offset + packed.boot_image_addr - packed.load_addr) as usize..]
+    }
+
+    #[test]
+    fn each_segment_is_mapped_with_its_permissions() {
+        for name in ["qemu_virt_aarch64", "rpi4b_1gb"] {
+            let board = by_name(name).unwrap();
+            let packed = pack_kernel(&kernel_elf(elf::PF_R | elf::PF_X), board).unwrap();
+            let load = board.kernel_load_addr;
+            assert_eq!(packed.boot_image_addr, load + 0x7000);
+            let image = Image::parse(boot_image_of(&packed)).unwrap();
+            let map = image.stage1().unwrap();
+            // (offset, mapped, read-only, execute-never)
+            for (offset, mapped, read_only, xn) in [
+                (0, true, true, false),
+                (0x1000, true, true, true),
+                (0x2000, true, false, true),
+                (0x3000, true, false, true),
+                (0x4000, false, false, false),
+                (0x5000, true, false, true),
+                (0x6ff8, true, false, true),
+                (0x7000, true, false, true),
+            ] {
+                let leaf = map.translate(load + offset);
+                assert_eq!(leaf.is_some(), mapped, "{name} +{offset:#x}");
+                if let Some(leaf) = leaf {
+                    assert_eq!((leaf.pa, leaf.attr_index()), (load + offset, 0));
+                    assert_eq!(
+                        (leaf.read_only(), leaf.execute_never()),
+                        (read_only, xn),
+                        "{name} +{offset:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packing_writes_the_permissions_into_a_map_built_for_the_size() {
+        let board = by_name("qemu_virt_aarch64").unwrap();
+        let kernel = kernel_elf(elf::PF_R | elf::PF_X);
+        let image_paddr = board.kernel_load_addr + kernel_size(&kernel).unwrap();
+        let stage1 = el2_map::build(board, image_paddr).unwrap();
+        let image =
+            write_image(&board.boot_info(), &Parts { stage1: Some(stage1), ..Parts::default() });
+        let packed = pack(&kernel, board, &image).unwrap();
+        assert_ne!(boot_image_of(&packed), &image[..]);
+        assert_eq!(packed.bytes, pack_kernel(&kernel, board).unwrap().bytes);
+    }
+
+    #[test]
+    fn a_boot_image_without_a_map_for_this_kernel_is_refused() {
+        let board = by_name("qemu_virt_aarch64").unwrap();
+        let kernel = kernel_elf(elf::PF_R | elf::PF_X);
+        let elsewhere = el2_map::build(board, board.kernel_load_addr + 0x8000).unwrap();
+        let image =
+            write_image(&board.boot_info(), &Parts { stage1: Some(elsewhere), ..Parts::default() });
+        let Err(PackError::BootImage(why)) = pack(&kernel, board, &image) else { panic!() };
+        assert!(why.contains("0x40208000"), "{why}");
+        let image = write_image(&board.boot_info(), &Parts::default());
+        assert_eq!(
+            pack(&kernel, board, &image).unwrap_err(),
+            PackError::BootImage("it has none".into())
+        );
+        assert!(matches!(pack(&kernel, board, b"junk"), Err(PackError::BootImage(_))));
+    }
+
+    #[test]
+    fn a_writable_executable_segment_is_refused() {
+        let board = by_name("rpi4b_1gb").unwrap();
+        let kernel = kernel_elf(elf::PF_R | elf::PF_W | elf::PF_X);
+        let Err(PackError::WrongKernel(why)) = pack_kernel(&kernel, board) else { panic!() };
+        assert!(why.contains("at 0x0 is both writable and executable"), "{why}");
     }
 
     #[test]
