@@ -6,13 +6,15 @@ BOARD ?= qemu_virt_aarch64
 CONFIG ?= debug
 FUZZ_SECONDS ?= 60
 
-# The target the kernel is built for, and hyp-mm linted for.
+# The target PDs are built for, and hyp-mm linted for; the kernel is
+# soft-float, so the FP/SIMD registers stay the PDs' and guests'.
 TARGET := aarch64-unknown-none
+KERNEL_TARGET := aarch64-unknown-none-softfloat
 
 # debug builds the kernel unoptimised; release and benchmark optimise it.
 KERNEL_PROFILE := $(if $(filter debug,$(CONFIG)),debug,release)
 KERNEL_FLAGS := $(if $(filter debug,$(CONFIG)),,--release)
-KERNEL_ELF := target/$(TARGET)/$(KERNEL_PROFILE)/tenure-kernel
+KERNEL_ELF := target/$(KERNEL_TARGET)/$(KERNEL_PROFILE)/tenure-kernel
 # The packed image; on a Raspberry Pi SD card it is kernel8.img.
 IMAGE := build/$(BOARD)/$(CONFIG)/tenure.img
 
@@ -48,8 +50,8 @@ fmt: setup
 
 clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image -p tenure-kernel \
-	    --target $(TARGET) -- -D warnings
+	cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image --target $(TARGET) -- -D warnings
+	cargo clippy -p tenure-kernel --target $(KERNEL_TARGET) -- -D warnings
 	cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
 	    -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink --target $(TARGET) -- -D warnings
 
@@ -67,7 +69,8 @@ PDS := -p tenure-serial -p tenure-example-ping -p tenure-example-pong
 SYSTEM := $(if $(filter rpi4b_%,$(BOARD)),system.rpi4b.xml,system.xml)
 
 image: setup
-	cargo build -q -p tenure-kernel $(PDS) --target $(TARGET) $(KERNEL_FLAGS)
+	cargo build -q -p tenure-kernel --target $(KERNEL_TARGET) $(KERNEL_FLAGS)
+	cargo build -q $(PDS) --target $(TARGET) $(KERNEL_FLAGS)
 	@mkdir -p $(dir $(IMAGE))
 	cargo run -q -p tenure-tool -- pack $(SYSTEM) --board $(BOARD) --config $(CONFIG) \
 	    --search-path target/$(TARGET)/$(KERNEL_PROFILE) --kernel $(KERNEL_ELF) \

@@ -66,8 +66,10 @@ cargo_suite() {
 check "rustfmt" cargo fmt --all -- --check
 check "clippy (host)" cargo clippy --workspace --all-targets -- -D warnings
 check "clippy (aarch64-unknown-none)" \
-    cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image -p tenure-kernel \
+    cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image \
     --target aarch64-unknown-none -- -D warnings
+check "clippy (kernel, aarch64-unknown-none-softfloat)" \
+    cargo clippy -p tenure-kernel --target aarch64-unknown-none-softfloat -- -D warnings
 # PD crates: their code is target-only (cfg(target_os = "none")).
 check "clippy (PDs, aarch64-unknown-none)" \
     cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
@@ -84,7 +86,9 @@ cargo_suite "doc tests" build/test-doc.log \
     cargo test --workspace --doc --no-fail-fast
 
 # The kernel as the target suites boot it.
-KERNEL_TARGET=aarch64-unknown-none
+# Soft-float: the kernel never touches the FP/SIMD registers, which stay
+# the PDs' and guests' (switched lazily).
+KERNEL_TARGET=aarch64-unknown-none-softfloat
 KERNEL_ELF=target/$KERNEL_TARGET/release/tenure-kernel
 # The boards every target suite runs on.
 SUITE_BOARDS=(qemu_virt_aarch64 rpi4b_1gb)

@@ -15,4 +15,7 @@ fn main() {
     println!("cargo::rustc-link-arg-bins=-pie");
     println!("cargo::rustc-link-arg-bins=--no-dynamic-linker");
     println!("cargo::rustc-link-arg-bins=-znotext");
+    // Segments are page aligned (W^X, decision 0008); 4 KiB pages keep the
+    // file from padding each one to 64 KiB.
+    println!("cargo::rustc-link-arg-bins=-zmax-page-size=4096");
 }

@@ -41,7 +41,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// First bytes of every image.
 pub const MAGIC: [u8; 8] = *b"TENUREIM";
 /// Format version this crate reads and writes; bumped on any layout change.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Size of [`Header`].
 pub const HEADER_SIZE: usize = size_of::<Header>();
 /// Size of one [`Section`] table entry.
@@ -112,6 +112,13 @@ pub enum SectionKind {
     /// The kernel's EL2 stage-1 translation tables: whole 4 KiB pages, at
     /// a 4 KiB-aligned offset ([`STAGE1_TABLES_OFFSET`] as written).
     Stage1Tables = 9,
+    /// The virtual machines: an array of [`VmEntry`], index = guest id.
+    Vms = 10,
+    /// Their vCPUs: an array of [`VcpuEntry`], each VM's a run.
+    Vcpus = 11,
+    /// The memory the memory-manager PD manages for guests: a
+    /// [`GuestPool`]; present iff there are VMs.
+    GuestPool = 12,
 }
 
 impl SectionKind {
@@ -127,6 +134,9 @@ impl SectionKind {
             7 => Some(Self::Irqs),
             8 => Some(Self::Stage1),
             9 => Some(Self::Stage1Tables),
+            10 => Some(Self::Vms),
+            11 => Some(Self::Vcpus),
+            12 => Some(Self::GuestPool),
             _ => None,
         }
     }
@@ -136,6 +146,8 @@ impl SectionKind {
 pub const PD_NAME_LEN: usize = 64;
 /// Most PDs a system has (Microkit's limit).
 pub const MAX_PDS: usize = 63;
+/// Most PDs and vCPUs a system schedules together.
+pub const MAX_SCHEDULED: usize = 64;
 /// No parent, in [`PdEntry::parent`].
 pub const NO_PARENT: u8 = 0xff;
 
@@ -146,6 +158,62 @@ pub const NO_PARENT: u8 = 0xff;
 pub struct Stage2Config {
     /// VTCR_EL2 for every PD.
     pub vtcr: U64,
+}
+
+/// One virtual machine (Microkit's `virtual_machine`).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct VmEntry {
+    /// Name, UTF-8, NUL padded.
+    pub name: [u8; PD_NAME_LEN],
+    /// VMID its stage-2 table is installed under; distinct from every PD's
+    /// and every other VM's.
+    pub vmid: U32,
+    /// First of its vCPUs in the [`VcpuEntry`] array.
+    pub vcpu_first: U32,
+    /// Number of its vCPUs, 1 or more.
+    pub vcpu_count: U32,
+    /// Index of its VMM, the PD whose `virtual_machine` it is.
+    pub vmm: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+
+/// One vCPU of a VM.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct VcpuEntry {
+    /// Index of its VM.
+    pub vm: U32,
+    /// The id its VMM knows it by (`vcpu id`, 0..=61): its faults arrive
+    /// with this id and its capability sits at slot 330 + id.
+    pub id: u8,
+    /// Scheduling priority (the VM's), 0..=254.
+    pub priority: u8,
+    /// Zero.
+    pub reserved: [u8; 2],
+    /// MPIDR_EL1 the guest reads (VMPIDR_EL2).
+    pub mpidr: U64,
+    /// Scheduling budget in microseconds (the VM's), 1 or more.
+    pub budget_us: U64,
+    /// Scheduling period in microseconds, at least the budget.
+    pub period_us: U64,
+}
+
+/// The guest memory the memory-manager PD owns: guest stage-2 roots the
+/// kernel installs and ranges it cleans must lie inside.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct GuestPool {
+    /// Physical base, 4 KiB aligned.
+    pub base: U64,
+    /// Size in bytes, a multiple of 4 KiB.
+    pub size: U64,
+    /// Index of the memory-manager PD (it holds the stage-2 control
+    /// capability).
+    pub mm: u8,
+    /// Zero.
+    pub reserved: [u8; 7],
 }
 
 /// Size of a translation table page (4 KiB granule).
@@ -448,6 +516,15 @@ pub struct BoardInfo {
     pub timer_el2_phys_intid: U32,
     /// INTID of the EL1 virtual timer (CNTV), a PPI.
     pub timer_virt_intid: U32,
+    /// Physical base of the GICv2 virtual interface control (GICH).
+    pub gich_base: U64,
+    /// Physical base of the GICv2 virtual CPU interface (GICV), which a
+    /// guest's GICC is mapped to.
+    pub gicv_base: U64,
+    /// INTID of the vGIC maintenance interrupt, a PPI.
+    pub vgic_maintenance_intid: U32,
+    /// Zero (keeps the size a multiple of 8).
+    pub reserved: U32,
     /// Used entries of `memory`.
     pub memory_region_count: U32,
     /// RAM regions, sorted by base; entries past the count are zero.
@@ -610,6 +687,12 @@ pub struct System<'a> {
     pub blob: &'a [u8],
     /// Interrupts and the PDs they go to.
     pub irqs: &'a [IrqEntry],
+    /// The virtual machines, by guest id.
+    pub vms: &'a [VmEntry],
+    /// Their vCPUs.
+    pub vcpus: &'a [VcpuEntry],
+    /// The memory-manager PD's guest memory (present iff there are VMs).
+    pub guest_pool: Option<&'a GuestPool>,
 }
 
 impl<'a> System<'a> {
@@ -619,10 +702,81 @@ impl<'a> System<'a> {
         self.caps.get(first..first + pd.cap_count.get() as usize).unwrap_or(&[])
     }
 
+    /// The vCPUs of VM `vm`.
+    pub fn vcpus_of(&self, vm: &VmEntry) -> &'a [VcpuEntry] {
+        let first = vm.vcpu_first.get() as usize;
+        self.vcpus.get(first..first + vm.vcpu_count.get() as usize).unwrap_or(&[])
+    }
+
     /// The bytes a load copies.
     pub fn data_of(&self, load: &LoadEntry) -> &'a [u8] {
         let start = load.data_offset.get() as usize;
         self.blob.get(start..start + load.data_size.get() as usize).unwrap_or(&[])
+    }
+
+    /// VMs, vCPUs and the guest pool: each VM's vCPUs a non-empty run in
+    /// range, naming it back; VMMs are PDs; ids, priorities and budgets
+    /// within limits; VMIDs distinct from each other and from the PDs'
+    /// (1..=PD count); the pool present iff there are VMs, page aligned,
+    /// not overflowing, its mm a PD; at most [`MAX_SCHEDULED`] PDs and
+    /// vCPUs together.
+    fn check_vms(&self) -> Result<(), ImageError> {
+        let bad = ImageError::BadSystem;
+        let pds = self.pds.len();
+        if pds + self.vcpus.len() > MAX_SCHEDULED
+            || self.vms.is_empty() != self.guest_pool.is_none()
+        {
+            return Err(bad);
+        }
+        if let Some(pool) = self.guest_pool {
+            let (base, size) = (pool.base.get(), pool.size.get());
+            if !base.is_multiple_of(TABLE_PAGE)
+                || !size.is_multiple_of(TABLE_PAGE)
+                || size == 0
+                || base.checked_add(size).is_none()
+                || usize::from(pool.mm) >= pds
+                || pool.reserved != [0; 7]
+            {
+                return Err(bad);
+            }
+        }
+        let mut covered = 0;
+        for (i, vm) in self.vms.iter().enumerate() {
+            let first = vm.vcpu_first.get() as usize;
+            let count = vm.vcpu_count.get() as usize;
+            let vcpus = first.checked_add(count).and_then(|end| self.vcpus.get(first..end));
+            let vmid = vm.vmid.get();
+            let vmid_taken = (1..=pds as u32).contains(&vmid)
+                || self.vms[..i].iter().any(|other| other.vmid.get() == vmid);
+            let Some(vcpus) = vcpus else { return Err(bad) };
+            if first != covered
+                || vcpus.is_empty()
+                || vmid == 0
+                || vmid > 0xff
+                || vmid_taken
+                || usize::from(vm.vmm) >= pds
+                || vm.reserved != [0; 3]
+                || core::str::from_utf8(&vm.name).is_err()
+            {
+                return Err(bad);
+            }
+            covered += count;
+            for vcpu in vcpus {
+                if vcpu.vm.get() as usize != i
+                    || vcpu.id > 61
+                    || vcpu.priority == 255
+                    || vcpu.budget_us.get() == 0
+                    || vcpu.budget_us.get() > vcpu.period_us.get()
+                    || vcpu.reserved != [0; 2]
+                {
+                    return Err(bad);
+                }
+            }
+        }
+        if covered != self.vcpus.len() {
+            return Err(bad);
+        }
+        Ok(())
     }
 
     /// Cross-section rules: PDs within limits with known parents and
@@ -650,12 +804,17 @@ impl<'a> System<'a> {
                 return Err(ImageError::BadSystem);
             }
         }
+        self.check_vms()?;
         for cap in self.caps {
             // Kinds 1 (notification), 2 (endpoint), 4 (child TCB) name PDs;
-            // 3 (IRQ handler) an interrupt; 5 and 6 are for later.
+            // 3 (IRQ handler) an interrupt; 5 (vCPU) a vCPU; 6 (stage-2
+            // control) nothing, and needs a guest pool.
+            let target = cap.target.get() as usize;
             let ok = match cap.kind {
-                1 | 2 | 4 => (cap.target.get() as usize) < pds,
-                3 | 5 | 6 => true,
+                1 | 2 | 4 => target < pds,
+                3 => true,
+                5 => target < self.vcpus.len(),
+                6 => target == 0 && self.guest_pool.is_some(),
                 _ => false,
             };
             if !ok || cap.reserved != 0 {
@@ -747,6 +906,16 @@ impl<'a> Image<'a> {
                 }
                 SectionKind::Stage1 => {
                     stage1_config = Some(Stage1Config::ref_from_bytes(body).map_err(|_| size_err)?);
+                }
+                SectionKind::Vms => {
+                    system.vms = <[VmEntry]>::ref_from_bytes(body).map_err(|_| size_err)?
+                }
+                SectionKind::Vcpus => {
+                    system.vcpus = <[VcpuEntry]>::ref_from_bytes(body).map_err(|_| size_err)?
+                }
+                SectionKind::GuestPool => {
+                    system.guest_pool =
+                        Some(GuestPool::ref_from_bytes(body).map_err(|_| size_err)?);
                 }
                 SectionKind::Stage1Tables => {
                     if !start.is_multiple_of(TABLE_PAGE)
@@ -891,6 +1060,12 @@ pub struct Parts {
     pub blob: alloc::vec::Vec<u8>,
     /// Interrupts and the PDs they go to.
     pub irqs: alloc::vec::Vec<IrqEntry>,
+    /// The virtual machines.
+    pub vms: alloc::vec::Vec<VmEntry>,
+    /// Their vCPUs.
+    pub vcpus: alloc::vec::Vec<VcpuEntry>,
+    /// The memory-manager PD's guest memory; needed when there are VMs.
+    pub guest_pool: Option<GuestPool>,
     /// The kernel's EL2 stage-1 registers and table pages; the tables are
     /// written at [`STAGE1_TABLES_OFFSET`] in the image.
     pub stage1: Option<(Stage1Config, alloc::vec::Vec<u8>)>,
@@ -912,12 +1087,17 @@ pub fn write_image(board: &BoardInfo, parts: &Parts) -> alloc::vec::Vec<u8> {
     if let Some(stage2) = &parts.stage2 {
         bodies.push((SectionKind::Stage2Config, stage2.as_bytes()));
     }
-    let arrays: [(SectionKind, &[u8]); 5] = [
+    if let Some(pool) = &parts.guest_pool {
+        bodies.push((SectionKind::GuestPool, pool.as_bytes()));
+    }
+    let arrays: [(SectionKind, &[u8]); 7] = [
         (SectionKind::Pds, parts.pds.as_bytes()),
         (SectionKind::Caps, parts.caps.as_bytes()),
         (SectionKind::Loads, parts.loads.as_bytes()),
         (SectionKind::Blob, &parts.blob),
         (SectionKind::Irqs, parts.irqs.as_bytes()),
+        (SectionKind::Vms, parts.vms.as_bytes()),
+        (SectionKind::Vcpus, parts.vcpus.as_bytes()),
     ];
     bodies.extend(arrays.into_iter().filter(|(_, b)| !b.is_empty()));
     let table_end = HEADER_SIZE + bodies.len() * SECTION_ENTRY_SIZE;
@@ -966,7 +1146,7 @@ mod tests {
         assert_eq!(size_of::<Header>(), 32);
         assert_eq!(size_of::<Section>(), 24);
         assert_eq!(size_of::<MemoryRegion>(), 16);
-        assert_eq!(size_of::<BoardInfo>(), 32 + 4 * 8 + 4 * 4 + 4 * 16);
+        assert_eq!(size_of::<BoardInfo>(), 32 + 6 * 8 + 6 * 4 + 4 * 16);
         assert_eq!(align_of::<BoardInfo>(), 1);
     }
 
@@ -984,6 +1164,10 @@ mod tests {
             timer_virt_intid: 27.into(),
             memory_region_count: 1.into(),
             memory,
+            gich_base: 0x0803_0000.into(),
+            gicv_base: 0x0804_0000.into(),
+            vgic_maintenance_intid: 25.into(),
+            reserved: 0.into(),
         }
     }
 
@@ -1236,7 +1420,82 @@ mod tests {
                     badge: 2.into(),
                 }],
                 stage1: None,
+                vms: Vec::new(),
+                vcpus: Vec::new(),
+                guest_pool: None,
             }
+        }
+
+        /// [`parts`] with one VM of two vCPUs, run by ping, and pong as mm.
+        fn parts_with_vm() -> Parts {
+            let mut p = parts();
+            let mut name = [0u8; PD_NAME_LEN];
+            name[..5].copy_from_slice(b"guest");
+            p.vms.push(VmEntry {
+                name,
+                vmid: 8.into(),
+                vcpu_first: 0.into(),
+                vcpu_count: 2.into(),
+                vmm: 0,
+                reserved: [0; 3],
+            });
+            for id in 0..2 {
+                p.vcpus.push(VcpuEntry {
+                    vm: 0.into(),
+                    id,
+                    priority: 5,
+                    reserved: [0; 2],
+                    mpidr: u64::from(id).into(),
+                    budget_us: 1000.into(),
+                    period_us: 1000.into(),
+                });
+            }
+            p.guest_pool = Some(GuestPool {
+                base: 0x5000_0000.into(),
+                size: 0x400_0000.into(),
+                mm: 1,
+                reserved: [0; 7],
+            });
+            p.caps.push(cap(330, 5, 1));
+            p.pds[0].cap_count = 3.into();
+            p.caps.swap(2, 3);
+            p.pds[1].cap_first = 3.into();
+            p
+        }
+
+        #[test]
+        fn vms_round_trip_through_the_image() {
+            let bytes = write_image(&board(), &parts_with_vm());
+            let image = Image::parse(&bytes).unwrap();
+            let sys = image.system();
+            assert_eq!(sys.vms.len(), 1);
+            assert_eq!(sys.vcpus_of(&sys.vms[0]).len(), 2);
+            assert_eq!(sys.vcpus[1].mpidr.get(), 1);
+            assert_eq!(sys.guest_pool.unwrap().mm, 1);
+            assert_eq!(image.board().gich_base.get(), 0x0803_0000);
+        }
+
+        #[test]
+        fn inconsistent_vms_are_refused() {
+            let refused = |edit: fn(&mut Parts)| {
+                let mut p = parts_with_vm();
+                edit(&mut p);
+                Image::parse(&write_image(&board(), &p)).map(|_| ())
+            };
+            assert_eq!(refused(|_| ()), Ok(()));
+            let bad = Err(ImageError::BadSystem);
+            assert_eq!(refused(|p| p.guest_pool = None), bad, "VMs need a pool");
+            assert_eq!(refused(|p| p.vms[0].vmid = 2.into()), bad, "a PD's VMID");
+            assert_eq!(refused(|p| p.vms[0].vcpu_count = 3.into()), bad);
+            assert_eq!(refused(|p| p.vms[0].vcpu_count = 1.into()), bad, "a vCPU of no VM");
+            assert_eq!(refused(|p| p.vms[0].vmm = 2), bad);
+            assert_eq!(refused(|p| p.vcpus[1].vm = 1.into()), bad);
+            assert_eq!(refused(|p| p.vcpus[0].id = 62), bad);
+            assert_eq!(refused(|p| p.vcpus[0].budget_us = 0.into()), bad);
+            assert_eq!(refused(|p| p.guest_pool.as_mut().unwrap().base = 0x5000_0800.into()), bad);
+            assert_eq!(refused(|p| p.guest_pool.as_mut().unwrap().mm = 9), bad);
+            assert_eq!(refused(|p| p.caps[2].target = 2.into()), bad, "no vCPU 2");
+            assert_eq!(refused(|p| p.vms.clear()), bad, "a pool without VMs");
         }
 
         #[test]

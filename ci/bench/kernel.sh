@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 TARGET=aarch64-unknown-none
+# The kernel is soft-float (it leaves the FP/SIMD registers to PDs).
+KERNEL_TARGET=aarch64-unknown-none-softfloat
 BOARD=qemu_virt_aarch64
 CPUS=${BENCH_CPUS:-cortex-a53 cortex-a72}
 OUT=build/bench
@@ -16,15 +18,15 @@ OUT=build/bench
 # kernel that `make test` packs, and sizes come from a plain release build.
 BENCH_KERNEL_DIR=target/bench/benchmark
 RELEASE_KERNEL_DIR=target/bench/release
-BENCH_KERNEL=$BENCH_KERNEL_DIR/$TARGET/release/tenure-kernel
-RELEASE_KERNEL=$RELEASE_KERNEL_DIR/$TARGET/release/tenure-kernel
+BENCH_KERNEL=$BENCH_KERNEL_DIR/$KERNEL_TARGET/release/tenure-kernel
+RELEASE_KERNEL=$RELEASE_KERNEL_DIR/$KERNEL_TARGET/release/tenure-kernel
 PDS=(-p tenure-bench-boot -p tenure-bench-client -p tenure-bench-pong -p tenure-bench-server
      -p tenure-serial -p tenure-example-ping -p tenure-example-pong)
 
 echo "== kernel benchmarks: building"
-CARGO_TARGET_DIR=$BENCH_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $TARGET \
+CARGO_TARGET_DIR=$BENCH_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $KERNEL_TARGET \
     --features benchmark
-CARGO_TARGET_DIR=$RELEASE_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $TARGET
+CARGO_TARGET_DIR=$RELEASE_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $KERNEL_TARGET
 cargo build -q --release --target $TARGET "${PDS[@]}"
 cargo build -q -p tenure-tool
 TENURE=target/debug/tenure

@@ -233,7 +233,8 @@ pub fn check_map(
         page += PAGE;
     }
     let gicc = board.gicc_base.get();
-    for reg in [board.uart_base.get(), board.gicd_base.get(), gicc, gicc + PAGE] {
+    let devices = [board.uart_base.get(), board.gicd_base.get(), gicc, gicc + PAGE];
+    for reg in devices.into_iter().chain([board.gich_base.get()]) {
         let ok = map.translate(reg).is_some_and(|leaf| {
             leaf.pa == reg
                 && attr(leaf.attr_index()) & 0xF0 == 0
@@ -300,6 +301,10 @@ mod tests {
             uart_intid: 33.into(),
             timer_el2_phys_intid: 26.into(),
             timer_virt_intid: 27.into(),
+            gich_base: 0x0803_0000.into(),
+            gicv_base: 0x0804_0000.into(),
+            vgic_maintenance_intid: 25.into(),
+            reserved: 0.into(),
             memory_region_count: 1.into(),
             memory,
         }
@@ -438,6 +443,7 @@ mod tests {
         t[3 * 512] = 0x0800_0000 | device | 3;
         t[3 * 512 + 0x10] = 0x0801_0000 | device | 3;
         t[3 * 512 + 0x11] = 0x0801_1000 | device | 3;
+        t[3 * 512 + 0x30] = 0x0803_0000 | device | 3; // GICH
         t[4 * 512] = 0x0900_0000 | device | 3;
         for i in 0..512u64 {
             t[2 * 512 + i as usize] = (0x4000_0000 + (i << 21)) | rw | 1;

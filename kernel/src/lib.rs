@@ -16,8 +16,11 @@ pub mod exception;
 pub mod gic;
 pub mod pl011;
 pub mod system;
+pub mod vcpu;
 
 #[cfg(target_os = "none")]
 pub mod arch;
+#[cfg(target_os = "none")]
+pub mod guest;
 #[cfg(target_os = "none")]
 pub mod run;

@@ -11,11 +11,20 @@
 //! stack the tool placed, VTTBR_EL2 = (VMID << 48) | stage-2 root.
 
 use crate::gic::{self, CpuInterface, Distributor};
+use crate::guest::{self, FpContext, Gich};
 use crate::system::{Cap, FaultKind, Machine, Pd, PdId, Sc, System};
+use crate::vcpu::{self, VcpuState};
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use tenure_abi::{CapKind, MSG_REGS, MessageInfo, Slot};
-use tenure_boot_image::{BoardInfo, IrqEntry, MAX_PDS, NO_PARENT, PdEntry, System as ImageSystem};
+use tenure_abi::vcpu::{VcpuReg, WINDOW_IPA, stage2_method, vcpu_method};
+use tenure_abi::{CapKind, Error, MSG_REGS, MessageInfo, Slot};
+use tenure_boot_image::{
+    BoardInfo, IrqEntry, MAX_SCHEDULED, NO_PARENT, PdEntry, System as ImageSystem, VcpuEntry,
+    VmEntry,
+};
+
+/// PDs and vCPUs the kernel schedules, at most.
+const MAX_PDS: usize = MAX_SCHEDULED;
 
 /// Most capabilities all PDs hold together; checked at boot.
 pub const MAX_CAPS: usize = 4096;
@@ -100,8 +109,9 @@ struct Running {
 /// interrupt controller.
 struct Hw {
     contexts: &'static mut [Context; MAX_PDS],
-    /// Each PD's last fault: PC, FAR, ESR, recorded when it faulted.
-    faults: [[u64; 3]; MAX_PDS],
+    /// Each PD's or vCPU's last fault message (MR0..MR3), recorded when
+    /// it faulted.
+    faults: [[u64; 4]; MAX_PDS],
     /// Each PD's VTTBR_EL2 (VMID and stage-2 root), computed once.
     vttbrs: [u64; MAX_PDS],
     /// The PD whose context and address space are installed.
@@ -110,6 +120,28 @@ struct Hw {
     irqs: &'static [IrqEntry],
     gic: Gic,
     timer_intid: u32,
+    /// The guests: vCPU `i` is scheduled as PD id `pds.len() + i`.
+    vms: &'static [VmEntry],
+    vcpus: &'static [VcpuEntry],
+    /// Each vCPU's EL1, timer and list-register state, by vCPU index.
+    vstate: &'static mut [VcpuState; MAX_PDS],
+    /// The vCPU whose EL1 state is in the CPU, if any.
+    guest_loaded: Option<PdId>,
+    /// The GICv2 virtual interface, when the system has guests.
+    gich: Option<Gich>,
+    /// INTIDs of the virtual timer and the vGIC maintenance interrupt.
+    vtimer_intid: u32,
+    maintenance_intid: u32,
+    /// The guest pool the memory manager passes addresses in.
+    pool: Option<(u64, u64)>,
+    /// Each PD's and vCPU's FP/SIMD registers while it does not own them.
+    fp: &'static mut [FpContext; MAX_PDS],
+    /// Whose values the FP/SIMD registers hold.
+    fp_owner: Option<PdId>,
+    /// Whether FP/SIMD use traps (CPTR_EL2.TFP).
+    fp_trapped: bool,
+    /// The message of a VPPI or maintenance exit being delivered.
+    exit_words: [u64; 4],
 }
 
 /// Priority the kernel gives every interrupt (lower is more urgent; all
@@ -216,6 +248,10 @@ static STATE: KernelCell<Option<Running>> = KernelCell(UnsafeCell::new(None));
 static SYSTEM: KernelCell<Option<System<'static, MAX_PDS>>> = KernelCell(UnsafeCell::new(None));
 static CONTEXTS: KernelCell<[Context; MAX_PDS]> =
     KernelCell(UnsafeCell::new([Context { x: [0; 31], sp_el0: 0, elr: 0, spsr: 0 }; MAX_PDS]));
+static VSTATE: KernelCell<[VcpuState; MAX_PDS]> =
+    KernelCell(UnsafeCell::new([VcpuState::ZERO; MAX_PDS]));
+static FP: KernelCell<[FpContext; MAX_PDS]> =
+    KernelCell(UnsafeCell::new([FpContext::ZERO; MAX_PDS]));
 static CAPS: KernelCell<[(Slot, Cap); MAX_CAPS]> = KernelCell(UnsafeCell::new(
     [(Slot(0), Cap { kind: CapKind::Null, target: 0, badge: 0 }); MAX_CAPS],
 ));
@@ -225,6 +261,8 @@ static CAPS: KernelCell<[(Slot, Cap); MAX_CAPS]> = KernelCell(UnsafeCell::new(
 pub enum StartError {
     /// More capabilities than [`MAX_CAPS`].
     TooManyCaps,
+    /// More PDs and vCPUs than the kernel schedules.
+    TooManyPds,
 }
 
 /// Fills memory from the image, sets up stage 2 and starts the system;
@@ -237,16 +275,23 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     if image.caps.len() > MAX_CAPS {
         return Err(StartError::TooManyCaps);
     }
+    let num_pds = image.pds.len() as u32;
     for (out, cap) in table.iter_mut().zip(image.caps) {
         let kind = CapKind::from_raw(cap.kind).unwrap_or(CapKind::Null);
-        *out =
-            (Slot(cap.slot.get()), Cap { kind, target: cap.target.get(), badge: cap.badge.get() });
+        // A vCPU capability names a vCPU; the system schedules vCPU `i`
+        // as PD `num_pds + i`.
+        let target = cap.target.get() + if kind == CapKind::Vcpu { num_pds } else { 0 };
+        *out = (Slot(cap.slot.get()), Cap { kind, target, badge: cap.badge.get() });
     }
     let table: &'static [(Slot, Cap)] = table;
     // SAFETY: only `start` takes these, once, before any PD runs.
     let contexts = unsafe { &mut *CONTEXTS.0.get() };
     let freq = read_cntfrq();
-    let pds = image.pds.iter().zip(contexts.iter_mut()).map(|(pd, ctx)| {
+    if image.pds.len() + image.vcpus.len() > MAX_PDS {
+        return Err(StartError::TooManyPds);
+    }
+    let (pd_contexts, vcpu_contexts) = contexts.split_at_mut(image.pds.len());
+    let pds = image.pds.iter().zip(pd_contexts).map(|(pd, ctx)| {
         ctx.elr = pd.entry.get();
         ctx.sp_el0 = pd.sp.get();
         ctx.spsr = SPSR_EL0;
@@ -258,6 +303,17 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
         let kernel_pd = Pd::new(pd.priority, parent, caps).with_sc(sc);
         if pd.passive != 0 { kernel_pd.passive() } else { kernel_pd }
     });
+    // vCPUs: children of their VMM, stopped until it restarts them.
+    let vcpus = image.vcpus.iter().zip(vcpu_contexts).map(|(vcpu, ctx)| {
+        ctx.spsr = vcpu::SPSR_EL1H_MASKED;
+        let vmm = image.vms.get(vcpu.vm.get() as usize).map_or(0, |vm| vm.vmm);
+        let sc = Sc::new(
+            us_to_ticks(vcpu.budget_us.get(), freq),
+            us_to_ticks(vcpu.period_us.get(), freq),
+        );
+        Pd::new(vcpu.priority, Some((PdId(vmm), vcpu.id)), &[]).with_sc(sc).stopped()
+    });
+    let pds = pds.chain(vcpus);
     // SAFETY: as for CONTEXTS.
     let system = unsafe { &mut *SYSTEM.0.get() }.insert(System::new(pds));
     let vtcr = image.stage2.map_or(0, |c| c.vtcr.get());
@@ -303,15 +359,46 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     for (v, pd) in vttbrs.iter_mut().zip(image.pds) {
         *v = (u64::from(pd.vmid.get()) << 48) | pd.stage2_root.get();
     }
+    // SAFETY: only `start` takes these, once, before any PD runs.
+    let vstate = unsafe { &mut *VSTATE.0.get() };
+    // SAFETY: as above.
+    let fp = unsafe { &mut *FP.0.get() };
+    for (state, vcpu) in vstate.iter_mut().zip(image.vcpus) {
+        *state = VcpuState::new(vcpu.mpidr.get());
+    }
+    let (vtimer_intid, maintenance_intid) =
+        (board.timer_virt_intid.get(), board.vgic_maintenance_intid.get());
+    let gich = if image.vcpus.is_empty() {
+        None
+    } else {
+        // The virtual timer interrupts only while a guest's timer is
+        // loaded; each guest's mask state is applied when it runs.
+        gic.route(vtimer_intid, false);
+        gic.mask(vtimer_intid);
+        gic.route(maintenance_intid, false);
+        Some(Gich::new(board.gich_base.get()))
+    };
     let hw = Hw {
         contexts,
-        faults: [[0; 3]; MAX_PDS],
+        faults: [[0; 4]; MAX_PDS],
         vttbrs,
         installed: None,
         pds: image.pds,
         irqs: image.irqs,
         gic,
         timer_intid,
+        vms: image.vms,
+        vcpus: image.vcpus,
+        vstate,
+        guest_loaded: None,
+        gich,
+        vtimer_intid,
+        maintenance_intid,
+        pool: image.guest_pool.map(|p| (p.base.get(), p.size.get())),
+        fp,
+        fp_owner: None,
+        fp_trapped: false,
+        exit_words: [0; 4],
     };
     // SAFETY: the single kernel thread, before any exception can enter.
     let running = unsafe { &mut *STATE.0.get() }.insert(Running { system, hw });
@@ -378,6 +465,7 @@ fn switch_to_current() -> ! {
 
 /// Points TPIDR_EL2 at the current PD's context and installs its address
 /// space; waits for an interrupt while no PD can run.
+#[inline(always)]
 fn prepare_current() {
     loop {
         // SAFETY: the single kernel thread, interrupts masked.
@@ -389,6 +477,13 @@ fn prepare_current() {
                 return; // resuming the PD that trapped: nothing to switch
             }
             hw.installed = Some(pd);
+            hw.switch_guest_state(pd);
+            // FP/SIMD traps for anyone but their owner (decision 0010).
+            let owner = hw.fp_owner == Some(pd);
+            if owner == hw.fp_trapped {
+                guest::trap_fp(!owner);
+                hw.fp_trapped = !owner;
+            }
             let ctx = &raw mut hw.contexts[usize::from(pd.0)];
             let vttbr = hw.vttbrs[usize::from(pd.0)];
             // SAFETY: TPIDR_EL2 is the kernel's own register; VTTBR_EL2
@@ -405,8 +500,13 @@ fn prepare_current() {
             };
             return;
         }
-        // Nothing runs: wait for an interrupt (a pending one ends `wfi`
-        // even while masked) and handle it here.
+        // Nothing runs: put away a guest's state (its timer must not fire
+        // for a vCPU that is not running), then wait for an interrupt (a
+        // pending one ends `wfi` even while masked) and handle it here.
+        if running.hw.guest_loaded.is_some() {
+            running.hw.unload_guest();
+            running.hw.installed = None;
+        }
         // SAFETY: `wfi` only waits.
         unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
         interrupts(running.system, &mut running.hw);
@@ -425,6 +525,30 @@ fn interrupts(system: &mut System<'static, MAX_PDS>, hw: &mut Hw) {
         }
         hw.gic.mask(intid);
         hw.gic.end(iar);
+        if let Some(vcpu) = hw.guest_loaded
+            && system.current() == Some(vcpu)
+        {
+            if intid == hw.vtimer_intid {
+                // Masked until the VMM acks it (VPPI event).
+                if let Some(state) = hw.vcpu_state(vcpu) {
+                    state.vppi_masked = true;
+                }
+                hw.exit_words = [u64::from(intid), 0, 0, 0];
+                system.fault(hw, vcpu, FaultKind::VppiEvent);
+                continue;
+            }
+            if intid == hw.maintenance_intid {
+                let lr = hw.gich.as_ref().and_then(Gich::take_ended);
+                hw.gic.unmask(intid);
+                hw.exit_words = [lr.map_or(u64::MAX, |lr| lr as u64), 0, 0, 0];
+                system.fault(hw, vcpu, FaultKind::VgicMaintenance);
+                continue;
+            }
+        }
+        if intid == hw.maintenance_intid {
+            hw.gic.unmask(intid);
+            continue;
+        }
         if let Some(irq) = hw.irqs.iter().find(|i| i.intid.get() == intid) {
             system.irq(hw, PdId(irq.pd), irq.badge.get());
         }
@@ -456,16 +580,23 @@ extern "C" fn pd_exception(vector: u64) {
     let Some(cur) = system.current() else { crate::arch::halt() };
     let esr = crate::arch::read_esr();
     let ec = (esr >> 26) & 0x3f;
-    match (vector, ec) {
+    let guest = hw.is_vcpu(cur);
+    match (vector, ec, guest) {
+        // FP/SIMD use while another owns the registers: hand them over
+        // and retry the instruction.
+        (8, 0x07, _) => hw.take_fp(cur),
         // SVC from AArch64 EL0.
-        (8, 0x15) => {
+        (8, 0x15, false) => {
             let x = hw.contexts[usize::from(cur.0)].x;
             system.syscall(hw, x[7], x[0], x[1], x[6]);
         }
-        // Instruction or data abort from EL0: a stage-2 fault.
-        (8, 0x20 | 0x24) => system.fault(hw, cur, FaultKind::VmFault),
-        (8, _) => system.fault(hw, cur, FaultKind::UserException),
-        (9, _) => interrupts(system, hw),
+        // Instruction or data abort from a lower level: a stage-2 fault.
+        (8, 0x20 | 0x24, _) => system.fault(hw, cur, FaultKind::VmFault),
+        // Anything else a guest does that traps (HVC, SMC, WFx, system
+        // registers) is its VMM's to handle.
+        (8, _, true) => system.fault(hw, cur, FaultKind::VcpuFault),
+        (8, _, false) => system.fault(hw, cur, FaultKind::UserException),
+        (9, _, _) => interrupts(system, hw),
         _ => {}
     }
     prepare_current();
@@ -474,6 +605,250 @@ extern "C" fn pd_exception(vector: u64) {
 impl Hw {
     fn ctx(&mut self, pd: PdId) -> &mut Context {
         &mut self.contexts[usize::from(pd.0)]
+    }
+
+    /// Whether `pd` is a vCPU (they follow the PDs).
+    fn is_vcpu(&self, pd: PdId) -> bool {
+        usize::from(pd.0) >= self.pds.len()
+    }
+
+    /// The index of vCPU `pd` in the image's vCPUs.
+    fn vcpu_index(&self, pd: PdId) -> Option<usize> {
+        usize::from(pd.0).checked_sub(self.pds.len()).filter(|&i| i < self.vcpus.len())
+    }
+
+    fn vcpu_state(&mut self, pd: PdId) -> Option<&mut VcpuState> {
+        let i = self.vcpu_index(pd)?;
+        self.vstate.get_mut(i)
+    }
+
+    /// Saves the loaded guest's EL1, timer and GIC state and gives EL0 and
+    /// HCR_EL2 back to PDs.
+    fn unload_guest(&mut self) {
+        let Some(vcpu) = self.guest_loaded.take() else { return };
+        let Some(i) = self.vcpu_index(vcpu) else { return };
+        let state = &mut self.vstate[i];
+        guest::save_el1(state);
+        if let Some(gich) = &self.gich {
+            gich.save(state);
+        }
+        self.gic.mask(self.vtimer_intid);
+        guest::set_hcr(HCR_PD);
+        guest::restore_pd_el0(CNTKCTL_EL0_ACCESS);
+    }
+
+    /// Makes the CPU's EL1 and GIC state `next`'s: a guest's own for a
+    /// vCPU, the PD configuration otherwise. A switch between PDs costs
+    /// one comparison.
+    #[inline]
+    fn switch_guest_state(&mut self, next: PdId) {
+        // PD to PD, the common case: nothing to do.
+        if self.guest_loaded.is_none() && !self.is_vcpu(next) {
+            return;
+        }
+        self.switch_guest_state_slow(next);
+    }
+
+    #[inline(never)]
+    fn switch_guest_state_slow(&mut self, next: PdId) {
+        if self.guest_loaded == Some(next) {
+            return;
+        }
+        let was_guest = self.guest_loaded.is_some();
+        if was_guest {
+            self.unload_guest();
+        }
+        let Some(i) = self.vcpu_index(next) else { return };
+        let state = &self.vstate[i];
+        if !was_guest {
+            guest::set_hcr(vcpu::HCR_GUEST);
+        }
+        guest::restore_el1(state);
+        if let Some(gich) = &self.gich {
+            gich.restore(state);
+        }
+        if !state.vppi_masked {
+            self.gic.unmask(self.vtimer_intid);
+        }
+        self.guest_loaded = Some(next);
+    }
+
+    /// Gives the FP/SIMD registers to `pd`, saving their owner's.
+    fn take_fp(&mut self, pd: PdId) {
+        let to = self.fp[usize::from(pd.0)];
+        let from = self.fp_owner.map(|owner| &mut self.fp[usize::from(owner.0)]);
+        guest::switch_fp(from, &to);
+        self.fp_owner = Some(pd);
+        self.fp_trapped = false;
+    }
+
+    /// Message register `i` of `pd` as its last trap left it: `x2..x5`.
+    fn mr(&self, pd: PdId, i: usize) -> u64 {
+        self.contexts[usize::from(pd.0)].x[2 + i]
+    }
+
+    /// Whether `[pa, pa + bytes)` lies in the guest pool.
+    fn in_pool(&self, pa: u64, bytes: u64) -> bool {
+        let Some((base, size)) = self.pool else { return false };
+        pa >= base && pa.checked_add(bytes).is_some_and(|end| end <= base + size)
+    }
+
+    /// Whether `vmid` names a PD's or a VM's address space.
+    fn vmid_known(&self, vmid: u64) -> bool {
+        (1..=self.pds.len() as u64).contains(&vmid)
+            || self.vms.iter().any(|vm| u64::from(vm.vmid.get()) == vmid)
+    }
+
+    /// One vCPU method (see [`tenure_abi::vcpu::vcpu_method`]).
+    fn vcpu_method(&mut self, caller: PdId, pd: PdId, method: u64, arg: u64) -> Result<u64, Error> {
+        let i = self.vcpu_index(pd).ok_or(Error::InvalidCapability)?;
+        let (m0, m1) = (self.mr(caller, 0), self.mr(caller, 1));
+        let nr_lrs = self.gich.as_ref().map_or(0, |g| g.lrs);
+        match method {
+            vcpu_method::RESTART => {
+                if self.vttbrs[usize::from(pd.0)] == 0 {
+                    return Err(Error::IllegalOperation);
+                }
+                Ok(0)
+            }
+            vcpu_method::STOP => Ok(0),
+            vcpu_method::READ_REG => self.vcpu_reg(pd, i, arg, None),
+            vcpu_method::WRITE_REG => self.vcpu_reg(pd, i, arg, Some(m0)),
+            vcpu_method::INJECT_IRQ => {
+                let lr = usize::try_from(m1).map_err(|_| Error::InvalidArgument)?;
+                if arg >= 1020 || m0 > 31 || lr >= nr_lrs {
+                    return Err(Error::InvalidArgument);
+                }
+                let state = &mut self.vstate[i];
+                if vcpu::lr_in_use(state.lrs[lr]) {
+                    return Err(Error::IllegalOperation);
+                }
+                state.lrs[lr] = vcpu::lr_pending(arg as u32, m0 as u32);
+                Ok(0)
+            }
+            vcpu_method::ACK_VPPI => {
+                self.vstate[i].vppi_masked = false;
+                Ok(0)
+            }
+            _ => Err(Error::IllegalOperation),
+        }
+    }
+
+    /// Reads (or, with `value`, writes) register `reg` of vCPU `pd`
+    /// (index `i`), which is not running: its state is in memory.
+    fn vcpu_reg(&mut self, pd: PdId, i: usize, reg: u64, value: Option<u64>) -> Result<u64, Error> {
+        let ctx = &mut self.contexts[usize::from(pd.0)];
+        let slot: &mut u64 = match reg {
+            0..=30 => &mut ctx.x[reg as usize],
+            _ => match VcpuReg::from_raw(reg).ok_or(Error::InvalidArgument)? {
+                VcpuReg::Pc => &mut ctx.elr,
+                VcpuReg::Pstate => {
+                    if value.is_some_and(|v| !vcpu::guest_pstate_ok(v)) {
+                        return Err(Error::InvalidArgument);
+                    }
+                    &mut ctx.spsr
+                }
+                VcpuReg::SpEl0 => &mut ctx.sp_el0,
+                other => {
+                    let index = vcpu::sysreg_index(other).ok_or(Error::InvalidArgument)?;
+                    &mut self.vstate[i].regs[index]
+                }
+            },
+        };
+        if let Some(mut v) = value {
+            if reg == VcpuReg::Vmpidr as u64 {
+                v |= 1 << 31; // RES1
+            }
+            *slot = v;
+        }
+        Ok(*slot)
+    }
+
+    /// One stage-2 control method (see [`tenure_abi::vcpu::stage2_method`]).
+    fn stage2_method(&mut self, caller: PdId, method: u64, arg: u64) -> Result<u64, Error> {
+        let (m0, m1) = (self.mr(caller, 0), self.mr(caller, 1));
+        let bad = Error::InvalidArgument;
+        match method {
+            stage2_method::INSTALL => {
+                let vm = self.vms.get(usize::try_from(arg).map_err(|_| bad)?).ok_or(bad)?;
+                let vmid = u64::from(vm.vmid.get());
+                if m1 != vmid || !m0.is_multiple_of(8192) || !self.in_pool(m0, 8192) {
+                    return Err(bad);
+                }
+                let (first, count) = (vm.vcpu_first.get() as usize, vm.vcpu_count.get() as usize);
+                for v in first..first + count {
+                    self.vttbrs[self.pds.len() + v] = (vmid << 48) | m0;
+                }
+                guest::invalidate_vmid(vmid);
+                Ok(0)
+            }
+            stage2_method::UNINSTALL => {
+                let vm = self.vms.get(usize::try_from(arg).map_err(|_| bad)?).ok_or(bad)?;
+                let (first, count) = (vm.vcpu_first.get() as usize, vm.vcpu_count.get() as usize);
+                let mut stop = 0u64;
+                for v in first..first + count {
+                    let pd = self.pds.len() + v;
+                    self.vttbrs[pd] = 0;
+                    stop |= 1 << pd;
+                    if self.guest_loaded == Some(PdId(pd as u8)) {
+                        self.unload_guest();
+                        self.installed = None;
+                    }
+                }
+                guest::invalidate_vmid(u64::from(vm.vmid.get()));
+                Ok(stop)
+            }
+            stage2_method::INVALIDATE_RANGE => {
+                let aligned = m0.is_multiple_of(4096) && m1.is_multiple_of(4096);
+                if !self.vmid_known(arg) || !aligned || m0 >= m1 || m1 > 1 << 40 {
+                    return Err(bad);
+                }
+                // Past a few hundred pages one whole-VMID invalidation is
+                // cheaper than a TLBI per page.
+                if (m1 - m0) / 4096 > 512 {
+                    guest::invalidate_vmid(arg);
+                } else {
+                    guest::invalidate_ipa_range(arg, m0, m1);
+                }
+                Ok(0)
+            }
+            stage2_method::INVALIDATE_VMID => {
+                if !self.vmid_known(arg) {
+                    return Err(bad);
+                }
+                guest::invalidate_vmid(arg);
+                Ok(0)
+            }
+            stage2_method::CLEAN_TO_POC => {
+                if m1 == 0 || !self.in_pool(m0, m1) {
+                    return Err(bad);
+                }
+                guest::clean_to_poc(m0, m1);
+                Ok(0)
+            }
+            stage2_method::LINK_WINDOW => {
+                let pd = self.pds.get(usize::try_from(arg).map_err(|_| bad)?).ok_or(bad)?;
+                if !m0.is_multiple_of(4096) || !self.in_pool(m0, 4096) {
+                    return Err(bad);
+                }
+                // The PD's root is two concatenated level-1 pages; entry
+                // WINDOW_IPA >> 30 covers the window. The tool leaves it
+                // invalid; only a window may be put (or put again) there.
+                let entry = pd.stage2_root.get() + (WINDOW_IPA >> 30) * 8;
+                // SAFETY: `entry` is inside the PD's 8 KiB root, which the
+                // tool built in boot-image memory the EL2 map has writable.
+                let old = unsafe { (entry as *const u64).read_volatile() };
+                if old != 0 && !self.in_pool(old & 0x0000_ffff_ffff_f000, 4096) {
+                    return Err(Error::IllegalOperation);
+                }
+                // SAFETY: as above; the descriptor names a pool page the
+                // memory manager keeps as the window's level-2 table.
+                unsafe { guest::write_table_entry(entry, m0 | 0b11) };
+                guest::invalidate_vmid(u64::from(pd.vmid.get()));
+                Ok(0)
+            }
+            _ => Err(Error::IllegalOperation),
+        }
     }
 
     /// Physical address of message register `i` of `pd`'s IPC buffer.
@@ -504,16 +879,29 @@ impl Machine for Hw {
         ctx.x[1] = x1;
     }
 
-    fn record_fault(&mut self, pd: PdId) {
+    fn record_fault(&mut self, pd: PdId, kind: FaultKind) {
         let pc = self.ctx(pd).elr;
-        self.faults[usize::from(pd.0)] = [pc, crate::arch::read_far(), crate::arch::read_esr()];
+        let (far, esr) = (crate::arch::read_far(), crate::arch::read_esr());
+        // abi::vcpu's table for guests; MR0 = PC, MR1 = FAR, MR2 = ESR
+        // for PDs (seL4's VMFault order starts with IP and address).
+        self.faults[usize::from(pd.0)] = match kind {
+            FaultKind::VppiEvent | FaultKind::VgicMaintenance => self.exit_words,
+            FaultKind::VmFault if self.is_vcpu(pd) => {
+                let ipa = if vcpu::hpfar_unreliable(esr) {
+                    guest::guest_va_to_ipa(far).unwrap_or(u64::MAX)
+                } else {
+                    vcpu::fault_ipa(guest::read_hpfar(), far)
+                };
+                [pc, ipa, esr, far]
+            }
+            FaultKind::VcpuFault => [pc, 0, esr, 0],
+            _ => [pc, far, esr, 0],
+        };
     }
 
     fn fault_message(&mut self, child: PdId, parent: PdId, _kind: FaultKind) {
-        // MR0 = PC, MR1 = faulting address, MR2 = ESR (seL4's VMFault order
-        // starts with IP and address).
         let message = self.faults[usize::from(child.0)];
-        self.ctx(parent).x[2..5].copy_from_slice(&message);
+        self.ctx(parent).x[2..6].copy_from_slice(&message);
     }
 
     fn unmask_irq(&mut self, irq: u32) {
@@ -545,6 +933,14 @@ impl Machine for Hw {
         // SAFETY: reading the physical counter has no side effect.
         unsafe { asm!("mrs {}, cntpct_el0", out(reg) t, options(nomem, nostack, preserves_flags)) };
         t
+    }
+
+    fn vcpu(&mut self, caller: PdId, vcpu: PdId, method: u64, arg: u64) -> Result<u64, Error> {
+        self.vcpu_method(caller, vcpu, method, arg)
+    }
+
+    fn stage2(&mut self, caller: PdId, method: u64, arg: u64) -> Result<u64, Error> {
+        self.stage2_method(caller, method, arg)
     }
 
     fn set_deadline(&mut self, at: u64) {

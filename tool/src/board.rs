@@ -71,6 +71,12 @@ pub struct Board {
     pub timer_el2_phys_intid: u32,
     /// Virtual timer (CNTV) PPI INTID.
     pub timer_virt_intid: u32,
+    /// GICv2 virtual interface control (GICH) base.
+    pub gich_base: u64,
+    /// GICv2 virtual CPU interface (GICV) base.
+    pub gicv_base: u64,
+    /// vGIC maintenance interrupt PPI INTID.
+    pub vgic_maintenance_intid: u32,
     /// The QEMU machine that emulates the board, before `-kernel IMAGE`.
     pub qemu_machine: &'static [&'static str],
 }
@@ -102,6 +108,10 @@ const fn rpi4b(name: &'static str, ram: &'static [Ram]) -> Board {
         gicc_base: 0xFF84_2000,
         timer_el2_phys_intid: 26,
         timer_virt_intid: 27,
+        // BCM2711 peripherals manual, GIC-400: GICH and GICV follow GICC.
+        gich_base: 0xFF84_4000,
+        gicv_base: 0xFF84_6000,
+        vgic_maintenance_intid: 25,
         qemu_machine: QEMU_RASPI4B,
     }
 }
@@ -121,6 +131,11 @@ pub const BOARDS: &[Board] = &[
         gicc_base: 0x0801_0000,
         timer_el2_phys_intid: 26,
         timer_virt_intid: 27,
+        // QEMU's hw/arm/virt.c memory map (VIRT_GIC_HYP, VIRT_GIC_VCPU)
+        // and its maintenance interrupt, PPI 9.
+        gich_base: 0x0803_0000,
+        gicv_base: 0x0804_0000,
+        vgic_maintenance_intid: 25,
         qemu_machine: QEMU_VIRT,
     },
     rpi4b("rpi4b_1gb", &[RPI4_LOW_RAM]),
@@ -159,6 +174,10 @@ impl Board {
             uart_intid: self.uart_intid.into(),
             timer_el2_phys_intid: self.timer_el2_phys_intid.into(),
             timer_virt_intid: self.timer_virt_intid.into(),
+            gich_base: self.gich_base.into(),
+            gicv_base: self.gicv_base.into(),
+            vgic_maintenance_intid: self.vgic_maintenance_intid.into(),
+            reserved: 0.into(),
             memory_region_count: (self.ram.len() as u32).into(),
             memory,
         }

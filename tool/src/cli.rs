@@ -34,7 +34,8 @@ const USAGE: &str = "usage: tenure pack SYSTEM.xml --board BOARD --config debug|
        tenure test-image IMAGE [--board BOARD] [--timeout SECONDS] [--qemu-arg ARG]...
        tenure test DIR|SUITE [--board BOARD] [--timeout SECONDS] [--kernel KERNEL.elf]";
 
-/// Where cargo puts PD programs and the kernel (release builds).
+/// Where cargo puts PD programs (release builds); the kernel is built
+/// soft-float, under `target/aarch64-unknown-none-softfloat`.
 const TARGET_RELEASE: &str = "target/aarch64-unknown-none/release";
 /// The configurations `--config` accepts (Microkit's).
 const CONFIGS: [&str; 3] = ["debug", "release", "benchmark"];
@@ -116,7 +117,7 @@ impl Options {
 fn kernel_path(options: &Options) -> PathBuf {
     options.kernel.clone().unwrap_or_else(|| {
         let profile = if options.config.as_deref() == Some("debug") { "debug" } else { "release" };
-        PathBuf::from(format!("target/aarch64-unknown-none/{profile}/tenure-kernel"))
+        PathBuf::from(format!("target/aarch64-unknown-none-softfloat/{profile}/tenure-kernel"))
     })
 }
 
@@ -422,7 +423,7 @@ mod tests {
         let debug = Options::parse(&args(&["--config", "debug"])).unwrap();
         assert_eq!(
             kernel_path(&debug),
-            PathBuf::from("target/aarch64-unknown-none/debug/tenure-kernel")
+            PathBuf::from("target/aarch64-unknown-none-softfloat/debug/tenure-kernel")
         );
         assert_eq!(
             Options::parse(&args(&["--config", "fast"])).unwrap_err(),

@@ -15,7 +15,7 @@
 //!   stack   RW   Normal WB, XN   (PF_R|PF_W)
 //! every other byte of RAM (boot image, PD memory, firmware):
 //!           RW   Normal WB, XN   (2 MiB blocks where aligned, else pages)
-//! PL011, GICD, GICC: RW Device-nGnRE, XN
+//! PL011, GICD, GICC, GICH: RW Device-nGnRE, XN
 //! everything else: unmapped, so a stray access faults
 //! ```
 //!
@@ -107,6 +107,9 @@ pub const LEAF_DEVICE: u64 = attr_index(ATTR_DEVICE) | AP_RW | AF | XN;
 const UART_SIZE: u64 = PAGE;
 const GICD_SIZE: u64 = PAGE;
 const GICC_SIZE: u64 = 2 * PAGE;
+/// The GICv2 virtual interface control (GICH) the kernel drives for guests:
+/// one page (IHI 0048B table 5-5: registers up to GICH_LR63 at 0x1fc).
+const GICH_SIZE: u64 = PAGE;
 
 /// What the kernel may do with one of its segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,9 +398,12 @@ pub fn build_for_kernel(
     if !kernel_mapped {
         return Err(MapError::KernelOutsideRam(kernel.base));
     }
-    for (base, size) in
-        [(board.uart_base, UART_SIZE), (board.gicd_base, GICD_SIZE), (board.gicc_base, GICC_SIZE)]
-    {
+    for (base, size) in [
+        (board.uart_base, UART_SIZE),
+        (board.gicd_base, GICD_SIZE),
+        (board.gicc_base, GICC_SIZE),
+        (board.gich_base, GICH_SIZE),
+    ] {
         tables.map(base, size, LEAF_DEVICE)?;
     }
     let config = Stage1Config {

@@ -23,6 +23,7 @@ mod queue;
 mod tests;
 
 use queue::ReadyQueues;
+use tenure_abi::vcpu::{stage2_method, vcpu_method};
 use tenure_abi::{BADGE_FAULT, CapKind, Error, MessageInfo, Slot, Syscall};
 
 /// Index of a protection domain in the system.
@@ -84,6 +85,12 @@ pub enum FaultKind {
     UserException = 3,
     /// A stage-2 translation or permission fault.
     VmFault = 6,
+    /// A vCPU's list register with a maintenance request was ended.
+    VgicMaintenance = 7,
+    /// A vCPU trapped: HVC, SMC, WFI/WFE or a system register access.
+    VcpuFault = 8,
+    /// A vCPU's virtual timer fired.
+    VppiEvent = 9,
 }
 
 impl FaultKind {
@@ -93,6 +100,9 @@ impl FaultKind {
         match label {
             2 => FaultKind::UnknownSyscall,
             6 => FaultKind::VmFault,
+            7 => FaultKind::VgicMaintenance,
+            8 => FaultKind::VcpuFault,
+            9 => FaultKind::VppiEvent,
             _ => FaultKind::UserException,
         }
     }
@@ -105,9 +115,9 @@ pub trait Machine {
     fn transfer(&mut self, from: PdId, to: PdId, info: MessageInfo);
     /// Sets what `pd`'s pending syscall returns: `x0` and `x1`.
     fn set_return(&mut self, pd: PdId, x0: u64, x1: u64);
-    /// Records what `pd`'s fault was (its PC, the faulting address, the
-    /// syndrome), at the moment it faults.
-    fn record_fault(&mut self, pd: PdId);
+    /// Records what `pd`'s fault of kind `kind` was (its PC, the faulting
+    /// address, the syndrome), at the moment it faults.
+    fn record_fault(&mut self, pd: PdId, kind: FaultKind);
     /// Writes the recorded fault message of `child` into `parent`'s
     /// message registers, when the parent receives it.
     fn fault_message(&mut self, child: PdId, parent: PdId, kind: FaultKind);
@@ -124,6 +134,16 @@ pub trait Machine {
     /// Asks for a call of [`System::timer`] at time `at` (replacing any
     /// earlier request); `u64::MAX` asks for none.
     fn set_deadline(&mut self, at: u64);
+    /// Performs vCPU method `method` (see [`tenure_abi::vcpu`]) for
+    /// `caller` on `vcpu`, with argument `arg` and further arguments in
+    /// the caller's message registers; returns the value for the caller's
+    /// `x1`. For [`vcpu_method::RESTART`] it only checks that the vCPU can
+    /// run; the system restarts it.
+    fn vcpu(&mut self, caller: PdId, vcpu: PdId, method: u64, arg: u64) -> Result<u64, Error>;
+    /// Performs stage-2 control method `method` for `caller`, with `arg`
+    /// and further arguments in the caller's message registers; returns
+    /// the vCPUs to stop, one bit per PD id.
+    fn stage2(&mut self, caller: PdId, method: u64, arg: u64) -> Result<u64, Error>;
 }
 
 /// A scheduling context (seL4 MCS): the CPU time a PD may use, `budget`
@@ -247,6 +267,13 @@ impl<'a> Pd<'a> {
         self
     }
 
+    /// The same PD, stopped until its parent restarts it (a vCPU).
+    #[must_use]
+    pub fn stopped(mut self) -> Self {
+        self.state = State::Stopped;
+        self
+    }
+
     /// The same PD, passive: once it waits, calls run on the caller's
     /// scheduling context (Microkit's `passive="true"`).
     #[must_use]
@@ -310,9 +337,11 @@ impl<'a, const N: usize> System<'a, N> {
         const { assert!(N <= 64, "one bit per PD in `throttled`") };
         for (i, pd) in pds.into_iter().take(N).enumerate() {
             system.scs[i] = pd.initial_sc;
+            let ready = pd.state == State::Ready;
             system.pds[i] = Some(pd);
-            let id = PdId(i as u8);
-            system.append(id);
+            if ready {
+                system.append(PdId(i as u8));
+            }
         }
         system.current = system.dequeue_highest();
         system
@@ -326,23 +355,28 @@ impl<'a, const N: usize> System<'a, N> {
 
     /// PD `id`.
     #[must_use]
+    #[inline]
     pub fn pd(&self, id: PdId) -> Option<&Pd<'a>> {
         self.pds.get(usize::from(id.0))?.as_ref()
     }
 
+    #[inline]
     fn pd_mut(&mut self, id: PdId) -> &mut Pd<'a> {
         self.pds[usize::from(id.0)].as_mut().expect("ids in the system name PDs")
     }
 
+    #[inline]
     fn prio(&self, id: PdId) -> u8 {
         self.pd(id).map_or(0, |p| p.priority)
     }
 
     /// The owner of the scheduling context `pd` runs on.
+    #[inline]
     fn sc_of(&self, pd: PdId) -> PdId {
         self.pd(pd).map_or(pd, |p| p.runs_on(pd))
     }
 
+    #[inline]
     fn sc_mut(&mut self, owner: PdId) -> &mut Sc {
         &mut self.scs[usize::from(owner.0)]
     }
@@ -445,8 +479,7 @@ impl<'a, const N: usize> System<'a, N> {
         {
             return false;
         }
-        m.transfer(cur, caller, info);
-        m.set_return(caller, 0, info.raw());
+        self.deliver_reply(m, cur, caller, info);
         let server = self.pd_mut(cur);
         server.caller = None;
         server.state = State::Recv;
@@ -457,16 +490,41 @@ impl<'a, const N: usize> System<'a, N> {
         true
     }
 
+    /// Hands `caller` the reply of `server`: the message, and `x0`/`x1`.
+    /// A reply to a fault message only resumes the faulted PD or vCPU:
+    /// its registers are what it was doing, not a message.
+    #[inline]
+    fn deliver_reply<M: Machine>(
+        &mut self,
+        m: &mut M,
+        server: PdId,
+        caller: PdId,
+        info: MessageInfo,
+    ) {
+        if self.pd(caller).is_some_and(|p| p.call.0 & BADGE_FAULT == 0) {
+            m.transfer(server, caller, info);
+            m.set_return(caller, 0, info.raw());
+        }
+    }
+
     /// `next` runs now: when it runs on another scheduling context than
     /// the one being charged, switch contexts.
+    #[inline(always)]
     fn follow_sc<M: Machine>(&mut self, m: &mut M, next: PdId) {
         let owner = self.sc_of(next);
         if self.charging != Some(owner) {
-            let now = m.now();
-            self.charge(now);
-            if !self.start_sc(m, now, owner) {
-                self.throttle_and_pick(m, now);
-            }
+            self.switch_to_sc(m, owner);
+        }
+    }
+
+    /// [`System::follow_sc`]'s switch: charge the old context, start
+    /// `owner`'s.
+    #[inline(never)]
+    fn switch_to_sc<M: Machine>(&mut self, m: &mut M, owner: PdId) {
+        let now = m.now();
+        self.charge(now);
+        if !self.start_sc(m, now, owner) {
+            self.throttle_and_pick(m, now);
         }
     }
 
@@ -593,8 +651,7 @@ impl<'a, const N: usize> System<'a, N> {
         let info = MessageInfo::from_raw(info).ok_or(Error::InvalidArgument)?;
         let caller = self.pd_mut(cur).caller.take();
         if let Some(caller) = caller {
-            m.transfer(cur, caller, info);
-            m.set_return(caller, 0, info.raw());
+            self.deliver_reply(m, cur, caller, info);
             self.pd_mut(caller).state = State::Ready;
         }
         self.recv(m, cur);
@@ -677,6 +734,27 @@ impl<'a, const N: usize> System<'a, N> {
                 m.set_return(cur, 0, 0);
                 Ok(())
             }
+            CapKind::Vcpu => {
+                let vcpu = self.target(cap)?;
+                let label = MessageInfo::from_raw(info).ok_or(Error::InvalidArgument)?.label();
+                let value = m.vcpu(cur, vcpu, label, arg)?;
+                match label {
+                    vcpu_method::RESTART => self.restart(m, vcpu, arg),
+                    vcpu_method::STOP => self.stop(vcpu),
+                    _ => {}
+                }
+                m.set_return(cur, 0, value);
+                Ok(())
+            }
+            CapKind::Stage2Control => {
+                let label = MessageInfo::from_raw(info).ok_or(Error::InvalidArgument)?.label();
+                let stop = m.stage2(cur, label, arg)?;
+                if label == stage2_method::UNINSTALL {
+                    self.stop_all(stop);
+                }
+                m.set_return(cur, 0, 0);
+                Ok(())
+            }
             _ => Err(Error::IllegalOperation),
         }
     }
@@ -694,7 +772,7 @@ impl<'a, const N: usize> System<'a, N> {
     pub fn fault<M: Machine>(&mut self, m: &mut M, pd: PdId, kind: FaultKind) {
         match self.pd(pd).and_then(|p| p.parent) {
             Some((parent, id)) => {
-                m.record_fault(pd);
+                m.record_fault(pd, kind);
                 let info = MessageInfo::new(kind as u64, 0).unwrap_or_default();
                 self.pd_mut(pd).call = (BADGE_FAULT | u64::from(id), info);
                 self.send(m, pd, parent);
@@ -758,6 +836,15 @@ impl<'a, const N: usize> System<'a, N> {
         pd.donated = None;
         m.set_pc(child, pc);
         self.wake(child);
+    }
+
+    /// Stops every PD whose bit is set in `pds`.
+    fn stop_all(&mut self, pds: u64) {
+        for i in 0..N.min(64) {
+            if pds & (1 << i) != 0 && self.pd(PdId(i as u8)).is_some() {
+                self.stop(PdId(i as u8));
+            }
+        }
     }
 
     fn stop(&mut self, pd: PdId) {
@@ -845,7 +932,8 @@ impl<'a, const N: usize> System<'a, N> {
     /// Charges the running context for the time since its slice started.
     fn charge(&mut self, now: u64) {
         if let Some(owner) = self.charging.take() {
-            let used = now.saturating_sub(self.slice_start);
+            // The counter only moves forward.
+            let used = now.wrapping_sub(self.slice_start);
             let sc = self.sc_mut(owner);
             sc.remaining = sc.remaining.saturating_sub(used);
         }

@@ -6,6 +6,7 @@ extern crate std;
 use super::*;
 use std::vec::Vec;
 use tenure_abi::BADGE_PPC;
+use tenure_abi::vcpu::{stage2_method, vcpu_method};
 
 /// Everything the state machine asked of the machine, in order.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -18,6 +19,8 @@ enum Effect {
     SetPc(PdId, u64),
     Report(PdId, FaultKind),
     Putc(u8),
+    Vcpu(PdId, PdId, u64, u64),
+    Stage2(PdId, u64, u64),
 }
 
 /// The machine of the tests: a log of effects, a clock the test moves,
@@ -42,7 +45,7 @@ impl Machine for Log {
     fn set_return(&mut self, pd: PdId, x0: u64, x1: u64) {
         self.0.push(Effect::Return(pd, x0, x1));
     }
-    fn record_fault(&mut self, pd: PdId) {
+    fn record_fault(&mut self, pd: PdId, _kind: FaultKind) {
         self.0.push(Effect::RecordFault(pd));
     }
     fn fault_message(&mut self, child: PdId, parent: PdId, kind: FaultKind) {
@@ -65,6 +68,23 @@ impl Machine for Log {
     }
     fn set_deadline(&mut self, at: u64) {
         self.2 = Some(at);
+    }
+    fn vcpu(&mut self, caller: PdId, vcpu: PdId, method: u64, arg: u64) -> Result<u64, Error> {
+        self.0.push(Effect::Vcpu(caller, vcpu, method, arg));
+        // vCPU 3 has no stage 2 installed: it cannot run.
+        match (vcpu, method) {
+            (PdId(3), vcpu_method::RESTART) => Err(Error::IllegalOperation),
+            (_, vcpu_method::READ_REG) => Ok(arg + 100),
+            _ => Ok(0),
+        }
+    }
+    fn stage2(&mut self, caller: PdId, method: u64, arg: u64) -> Result<u64, Error> {
+        self.0.push(Effect::Stage2(caller, method, arg));
+        match (method, arg) {
+            (stage2_method::UNINSTALL, 0) => Ok(1 << 2),
+            (_, 9) => Err(Error::InvalidArgument),
+            _ => Ok(0),
+        }
     }
 }
 
@@ -546,4 +566,75 @@ fn boot_until<const N: usize>(s: &mut System<'_, N>, m: &mut Log, pd: PdId) {
         assert!(s.current().is_some(), "{pd:?} never runs");
         sys(s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
     }
+}
+
+// ---- vCPUs and stage-2 control ----
+
+#[test]
+fn a_vcpu_starts_stopped_and_its_vmm_restarts_it_and_hears_its_exits() {
+    // A is the VMM; C is its vCPU 2 (stopped until restarted).
+    let a_caps = [
+        (Slot::vcpu(2), Cap { kind: CapKind::Vcpu, target: 2, badge: 0 }),
+        (Slot::vcpu(3), Cap { kind: CapKind::Vcpu, target: 3, badge: 0 }),
+    ];
+    let m = &mut Log::default();
+    let mut s: System<'_, 4> = System::new([
+        Pd::new(50, None, &a_caps),
+        Pd::new(1, None, &[]),
+        Pd::new(10, Some((A, 2)), &[]).stopped(),
+        Pd::new(10, Some((A, 3)), &[]).stopped(),
+    ]);
+    assert_eq!(boot(&mut s, m), [A, B], "vCPUs do not run before their VMM starts them");
+    s.signal(m, A, 1);
+    s.timer(m);
+    let read = info(vcpu_method::READ_REG, 0);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::vcpu(2)), read, 7);
+    assert_eq!(m.ret(A), Some((0, 107)), "the machine's value comes back in x1");
+    let restart = info(vcpu_method::RESTART, 0);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::vcpu(3)), restart, 0x4008_0000);
+    assert_eq!(m.ret(A), Some((Error::IllegalOperation as u64, 0)));
+    assert_eq!(s.pd(D).unwrap().state(), State::Stopped, "a refused restart changes nothing");
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::vcpu(2)), restart, 0x4008_0000);
+    assert!(m.0.contains(&Effect::SetPc(C, 0x4008_0000)));
+    sys(&mut s, m, Syscall::Recv, raw(Slot::INPUT), 0, 0);
+    assert_eq!(s.current(), Some(C));
+    s.fault(m, C, FaultKind::VcpuFault);
+    assert_eq!(s.current(), Some(A));
+    assert_eq!(m.ret(A), Some((BADGE_FAULT | 2, info(FaultKind::VcpuFault as u64, 0))));
+    // Replying resumes the vCPU, its registers untouched.
+    let before = m.0.len();
+    sys(&mut s, m, Syscall::ReplyRecv, raw(Slot::INPUT), info(0, 4), 0);
+    assert_eq!(s.current(), Some(C));
+    assert!(
+        !m.0[before..]
+            .iter()
+            .any(|e| matches!(e, Effect::Transfer(_, C, _) | Effect::Return(C, ..))),
+        "a fault reply writes no registers"
+    );
+}
+
+#[test]
+fn uninstalling_a_guest_table_stops_its_vcpus() {
+    let b_caps =
+        [(Slot::STAGE2_CONTROL, Cap { kind: CapKind::Stage2Control, target: 0, badge: 0 })];
+    let m = &mut Log::default();
+    let mut s: System<'_, 3> = System::new([
+        Pd::new(5, None, &[]),
+        Pd::new(50, None, &b_caps),
+        Pd::new(10, Some((A, 0)), &[]),
+    ]);
+    boot_until(&mut s, m, B);
+    let uninstall = info(stage2_method::UNINSTALL, 0);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::STAGE2_CONTROL), uninstall, 0);
+    assert_eq!(m.ret(B), Some((0, 0)));
+    assert_eq!(s.pd(C).unwrap().state(), State::Stopped);
+    let refused = info(stage2_method::INVALIDATE_VMID, 0);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::STAGE2_CONTROL), refused, 9);
+    assert_eq!(m.ret(B), Some((Error::InvalidArgument as u64, 0)));
+    // Without the capability: refused before the machine hears of it.
+    let before = m.0.len();
+    boot_until(&mut s, m, A);
+    sys(&mut s, m, Syscall::Invoke, raw(Slot::STAGE2_CONTROL), uninstall, 0);
+    assert_eq!(m.ret(A), Some((Error::InvalidCapability as u64, 0)));
+    assert!(!m.0[before..].iter().any(|e| matches!(e, Effect::Stage2(..))));
 }

@@ -35,6 +35,9 @@ mod pd {
         /// Busy PDs: how each ended (a, b): 1 = saw the other progress,
         /// 2 = gave up.
         pub const BUSY_END: usize = 26;
+        /// Busy PDs: FP/SIMD registers that did not hold their pattern
+        /// across the spin (a, b), plus one (0 = not run).
+        pub const FP_BAD: usize = 28;
     }
 
     /// Iterations each busy PD spins before it looks for the other's
@@ -92,7 +95,7 @@ mod pd {
     /// top's operation that notifies high before replying.
     const OP_NOTIFY_BACK: u64 = 1;
 
-    const PLAN: u32 = 7;
+    const PLAN: u32 = 8;
 
     struct Pd {
         role: Role,
@@ -148,6 +151,15 @@ mod pd {
                 7,
                 t == 2 && re == 0,
                 "a signal during a handler's PPC waits until the handler returns",
+            );
+            let fp = [word(w::FP_BAD).load(SeqCst), word(w::FP_BAD + 1).load(SeqCst)];
+            if fp != [1, 1] {
+                debug_println!("# FP/SIMD registers lost (plus one): {fp:?}");
+            }
+            self.check(
+                8,
+                fp == [1, 1],
+                "FP/SIMD registers survive preemption by a PD that uses them too",
             );
         }
     }
@@ -207,7 +219,62 @@ mod pd {
         pd
     }
 
+    /// Iterations of the FP/SIMD check's spin: several timeslices on QEMU.
+    const FP_SPIN: u64 = 20_000_000;
+
+    /// Fills every FP/SIMD register with a pattern of this PD's own,
+    /// spins (equal-priority PDs preempt each other meanwhile), then
+    /// counts the registers that lost their pattern. All in one asm block,
+    /// so only another PD (or the kernel) could have changed them.
+    fn fp_registers_survive(me: usize) -> u64 {
+        let pattern = 0x5a5a_0000_0000_0000u64 | me as u64;
+        let bad: u64;
+        // SAFETY: the block uses only the registers it declares and the FP
+        // registers it clobbers; it touches no memory.
+        unsafe {
+            core::arch::asm!(
+                "dup v0.2d, {p}",
+                "mov v1.16b, v0.16b", "mov v2.16b, v0.16b", "mov v3.16b, v0.16b",
+                "mov v4.16b, v0.16b", "mov v5.16b, v0.16b", "mov v6.16b, v0.16b",
+                "mov v7.16b, v0.16b", "mov v8.16b, v0.16b", "mov v9.16b, v0.16b",
+                "mov v10.16b, v0.16b", "mov v11.16b, v0.16b", "mov v12.16b, v0.16b",
+                "mov v13.16b, v0.16b", "mov v14.16b, v0.16b", "mov v15.16b, v0.16b",
+                "mov v16.16b, v0.16b", "mov v17.16b, v0.16b", "mov v18.16b, v0.16b",
+                "mov v19.16b, v0.16b", "mov v20.16b, v0.16b", "mov v21.16b, v0.16b",
+                "mov v22.16b, v0.16b", "mov v23.16b, v0.16b", "mov v24.16b, v0.16b",
+                "mov v25.16b, v0.16b", "mov v26.16b, v0.16b", "mov v27.16b, v0.16b",
+                "mov v28.16b, v0.16b", "mov v29.16b, v0.16b", "mov v30.16b, v0.16b",
+                "mov v31.16b, v0.16b",
+                "2:",
+                "subs {n}, {n}, #1",
+                "b.ne 2b",
+                "mov {bad}, #0",
+                ".irp r, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+                "umov {t}, v\\r\\().d[0]",
+                "cmp {t}, {p}",
+                "cinc {bad}, {bad}, ne",
+                "umov {t}, v\\r\\().d[1]",
+                "cmp {t}, {p}",
+                "cinc {bad}, {bad}, ne",
+                ".endr",
+                p = in(reg) pattern,
+                n = inout(reg) FP_SPIN => _,
+                bad = out(reg) bad,
+                t = out(reg) _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _, out("v4") _, out("v5") _,
+                out("v6") _, out("v7") _, out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                out("v12") _, out("v13") _, out("v14") _, out("v15") _, out("v16") _,
+                out("v17") _, out("v18") _, out("v19") _, out("v20") _, out("v21") _,
+                out("v22") _, out("v23") _, out("v24") _, out("v25") _, out("v26") _,
+                out("v27") _, out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nomem, nostack),
+            );
+        }
+        bad
+    }
+
     fn spin(me: usize) {
+        word(w::FP_BAD + me).store(fp_registers_survive(me) + 1, SeqCst);
         let other = 1 - me;
         let mut n = 0u64;
         let end = loop {
