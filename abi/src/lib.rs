@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mm;
+pub mod mm_config;
 pub mod vcpu;
 
 pub mod hvc;

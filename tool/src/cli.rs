@@ -136,7 +136,9 @@ fn pack(options: &Options) -> Result<system_image::SystemImage, String> {
     let xml = std::fs::read_to_string(system_path)
         .map_err(|e| format!("Error: cannot read {}: {e}", system_path.display()))?;
     let name = system_path.display().to_string();
-    let system = sdf::parse(&name, &xml, &BoardLimits::default()).map_err(|e| e.to_string())?;
+    let system =
+        sdf::parse_with_search_paths(&name, &xml, &BoardLimits::default(), &options.search_paths)
+            .map_err(|e| e.to_string())?;
     sdf::check_supported(&system).map_err(|e| e.to_string())?;
     for warning in &system.warnings {
         eprintln!("{warning}");

@@ -17,15 +17,25 @@
 //! 1 << 40         +------------------------------+
 //! ```
 //!
+//! A client of the memory manager also has its window, the 1 GiB at
+//! `WINDOW_IPA` (0x80_0000_0000) whose table mm owns: nothing of the PD's
+//! own may lie there.
+//!
 //! Physical memory comes from the board's RAM minus what the kernel and the
 //! boot image occupy, first fit. Memory regions with a `phys_addr` inside
-//! RAM are reserved there; outside RAM they are device memory.
+//! RAM are reserved there; outside RAM they are device memory. Guest RAM
+//! (a region mapped cached into a virtual machine) is placed nowhere: the
+//! memory manager backs it from its pool, which is aligned for the roots
+//! of mm's tables at its base.
 
 use crate::elf::PdElf;
+use crate::sdf::guests::{self, RegionUse};
 use crate::sdf::{ProtectionDomain, SystemDescription};
 use hyp_mm::Prot;
 use std::collections::BTreeMap;
 use std::fmt;
+use tenure_abi::mm_config::POOL_ALIGN;
+use tenure_abi::vcpu::{WINDOW_IPA, WINDOW_SIZE};
 
 /// One past a PD's stack (Microkit's: the top page of the 40-bit space is
 /// kept free and a guard page sits between it and the stack).
@@ -68,6 +78,18 @@ pub enum LayoutError {
         /// The memory region.
         region: String,
     },
+    /// A prefilled memory region outside RAM: nothing can fill it.
+    PrefillOutsideRam {
+        /// The memory region.
+        region: String,
+    },
+    /// Part of a client's program lies in its memory-manager window.
+    InWindow {
+        /// The PD.
+        pd: String,
+        /// What lies there.
+        what: String,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -89,6 +111,17 @@ impl fmt::Display for LayoutError {
                 f,
                 "Error: PD '{pd}' maps device memory region '{region}' executable \
                  (cached=\"false\" with perms containing 'x')"
+            ),
+            LayoutError::PrefillOutsideRam { region } => write!(
+                f,
+                "Error: memory region '{region}' has a prefill_path but its phys_addr is not in \
+                 RAM"
+            ),
+            LayoutError::InWindow { pd, what } => write!(
+                f,
+                "Error: {what} of PD '{pd}' lies in its memory-manager window \
+                 [{WINDOW_IPA:#x}..{:#x})",
+                WINDOW_IPA + WINDOW_SIZE
             ),
         }
     }
@@ -193,7 +226,8 @@ pub struct PdLayout {
 pub struct Layout {
     /// Each PD, in `SystemDescription::all_pds` order.
     pub pds: Vec<PdLayout>,
-    /// Physical address of each memory region.
+    /// Physical address of each memory region but guest RAM, which has
+    /// none.
     pub regions: BTreeMap<String, u64>,
 }
 
@@ -217,6 +251,15 @@ pub fn lay_out(
 ) -> Result<Layout, LayoutError> {
     let mut regions = BTreeMap::new();
     for mr in &system.memory_regions {
+        let usage = guests::region_use(system, &mr.name);
+        if usage == RegionUse::GuestRam {
+            continue;
+        }
+        let align =
+            if usage == RegionUse::Pool { mr.page_size.max(POOL_ALIGN) } else { mr.page_size };
+        if mr.prefill.is_some() && mr.phys_addr.is_some_and(|p| !touches_ram(p, mr.size, ram)) {
+            return Err(LayoutError::PrefillOutsideRam { region: mr.name.clone() });
+        }
         let paddr = match mr.phys_addr {
             Some(p) if touches_ram(p, mr.size, ram) => {
                 if !alloc.reserve(p, mr.size) {
@@ -228,18 +271,35 @@ pub fn lay_out(
                 p
             }
             Some(p) => p,
-            None => alloc.alloc(mr.size, mr.page_size).ok_or_else(|| LayoutError::OutOfMemory {
+            None => alloc.alloc(mr.size, align).ok_or_else(|| LayoutError::OutOfMemory {
                 what: format!("memory region '{}'", mr.name),
                 size: mr.size,
             })?,
         };
         regions.insert(mr.name.clone(), paddr);
     }
+    let clients = guests::mm_clients(system);
     let mut pds = Vec::new();
     for pd in system.all_pds() {
         let program =
             programs.get(&pd.name).ok_or_else(|| LayoutError::NoProgram(pd.name.clone()))?;
-        pds.push(lay_out_pd(system, pd, program, alloc, &regions)?);
+        let layout = lay_out_pd(system, pd, program, alloc, &regions)?;
+        if clients.iter().any(|c| c.pd == pd.name) {
+            let window_end = WINDOW_IPA + WINDOW_SIZE;
+            let inside = layout.mappings.iter().find(|m| {
+                !matches!(m.content, Content::Region(_))
+                    && m.vaddr < window_end
+                    && WINDOW_IPA < m.vaddr + m.size
+            });
+            if let Some(m) = inside {
+                let what = match &m.content {
+                    Content::Segment { index, .. } => format!("segment {index} of the program"),
+                    _ => "the stack".to_string(),
+                };
+                return Err(LayoutError::InWindow { pd: pd.name.clone(), what });
+            }
+        }
+        pds.push(layout);
     }
     Ok(Layout { pds, regions })
 }
@@ -465,6 +525,49 @@ mod tests {
             lay_out(&sys, &programs(&["a", "b"]), &mut PhysAllocator::new(&[small]), &[small])
                 .unwrap_err();
         assert!(matches!(err, LayoutError::OutOfMemory { .. }), "{err:?}");
+    }
+
+    const GUEST: &str = r#"<system>
+        <memory_region name="pool" size="0x400000"/>
+        <memory_region name="ram" size="0x200000"/>
+        <protection_domain name="mm" priority="9">
+            <program_image path="mm.elf"/>
+            <map mr="pool" vaddr="0x10000000"/>
+            <guest_memory mr="pool"/>
+        </protection_domain>
+        <protection_domain name="vmm" priority="1">
+            <program_image path="vmm.elf"/>
+            <virtual_machine name="g"><vcpu id="0"/><map mr="ram" vaddr="0x40000000"/></virtual_machine>
+        </protection_domain>
+        <channel><end pd="vmm" id="0" pp="true"/><end pd="mm" id="0"/></channel>
+    </system>"#;
+
+    #[test]
+    fn guest_ram_is_not_placed_and_the_pool_is_root_aligned() {
+        let sys = system(GUEST);
+        // Take one page first so that 4 KiB alignment alone would not do.
+        let mut alloc = PhysAllocator::new(&[RAM]);
+        assert!(alloc.reserve(RAM.0, 0x1000));
+        let layout = lay_out(&sys, &programs(&["mm", "vmm"]), &mut alloc, &[RAM]).unwrap();
+        assert!(!layout.regions.contains_key("ram"));
+        assert_eq!(layout.regions["pool"] % POOL_ALIGN, 0);
+    }
+
+    #[test]
+    fn a_client_program_in_its_window_is_refused() {
+        let sys = system(GUEST);
+        let mut progs = programs(&["mm"]);
+        progs.insert("vmm".into(), program(WINDOW_IPA + 0x1000));
+        let err = lay_out(&sys, &progs, &mut PhysAllocator::new(&[RAM]), &[RAM]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Error: segment 0 of the program of PD 'vmm' lies in its memory-manager window \
+             [0x8000000000..0x8040000000)"
+        );
+        // The memory manager is no client: its program may lie there.
+        let mut progs = programs(&["vmm"]);
+        progs.insert("mm".into(), program(WINDOW_IPA));
+        assert!(lay_out(&sys, &progs, &mut PhysAllocator::new(&[RAM]), &[RAM]).is_ok());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The values the tool writes into each PD's program: its name, passive
-//! flag and channel masks for the runtime, and every `setvar_*` system.xml
-//! asks for.
+//! flag and channel masks for the runtime, every `setvar_*` system.xml
+//! asks for, and the memory manager's configuration.
 
 use crate::elf::{ElfError, PdElf};
 use crate::layout::{Content, PdLayout};
 use crate::sdf::{ProtectionDomain, SystemDescription};
 use std::collections::BTreeMap;
+use std::fmt;
 use tenure_abi::PD_NAME_LEN;
 
 /// Runtime symbols of libmicrokit (`libmicrokit/src/symbols.rs`).
@@ -20,6 +21,59 @@ pub mod symbol {
     pub const IRQS: &str = "__tenure_irqs";
     /// 1 if the PD is passive.
     pub const PASSIVE: &str = "__tenure_passive";
+    /// The memory manager's configuration: an array of `u64`, at least
+    /// `tenure_abi::mm_config::WORDS` long (`abi/src/mm_config.rs`).
+    pub const MM_CONFIG: &str = "__tenure_mm_config";
+}
+
+/// Why the memory manager's configuration could not be patched.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum MmConfigError {
+    /// The program has no [`symbol::MM_CONFIG`].
+    Missing,
+    /// The symbol is smaller than the configuration, or not whole words.
+    TooSmall {
+        /// Its size in bytes.
+        size: u64,
+        /// Bytes the configuration needs.
+        need: u64,
+    },
+    /// The symbol lies in no loadable segment.
+    Elf(ElfError),
+}
+
+impl fmt::Display for MmConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = symbol::MM_CONFIG;
+        match self {
+            MmConfigError::Missing => write!(
+                f,
+                "the memory manager's program has no '{name}' symbol (an array of u64 the tool \
+                 fills with mm's configuration; is it built against tenure-mm?)"
+            ),
+            MmConfigError::TooSmall { size, need } => write!(
+                f,
+                "the memory manager's '{name}' symbol is {size} bytes; its configuration needs \
+                 {need} bytes ({} words)",
+                need / 8
+            ),
+            MmConfigError::Elf(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Writes the memory manager's configuration `words` over
+/// [`symbol::MM_CONFIG`] in `program`, zeroing the rest of a larger
+/// symbol.
+pub fn patch_mm_config(program: &mut PdElf, words: &[u64]) -> Result<(), MmConfigError> {
+    let (_, size) = program.symbol(symbol::MM_CONFIG).ok_or(MmConfigError::Missing)?;
+    let need = 8 * words.len() as u64;
+    if size < need || !size.is_multiple_of(8) {
+        return Err(MmConfigError::TooSmall { size, need });
+    }
+    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    bytes.resize(size as usize, 0);
+    program.patch(symbol::MM_CONFIG, &bytes).map_err(MmConfigError::Elf)
 }
 
 /// The channel masks of one PD.
@@ -82,6 +136,11 @@ pub fn patch_pd(
         if let (Some(sym), Some(mapping)) = (&map.setvar_size, mapping) {
             program.patch_u64(sym, mapping.size)?;
         }
+        if let Some(sym) = &map.setvar_prefill_size {
+            let mr = system.memory_region(&map.mr);
+            let len = mr.and_then(|mr| mr.prefill.as_ref()).map_or(0, |p| p.data.len());
+            program.patch_u64(sym, len as u64)?;
+        }
     }
     for setvar in &pd.setvars {
         program.patch_u64(&setvar.symbol, regions[&setvar.region_paddr])?;
@@ -99,6 +158,11 @@ pub fn patch_pd(
     for child in &pd.children {
         if let (Some(sym), Some(id)) = (&child.setvar_id, child.id) {
             program.patch_u64(sym, id)?;
+        }
+    }
+    for vcpu in pd.virtual_machine.iter().flat_map(|vm| &vm.vcpus) {
+        if let Some(sym) = &vcpu.setvar_id {
+            program.patch_u64(sym, vcpu.id.into())?;
         }
     }
     Ok(())
@@ -177,6 +241,67 @@ mod tests {
         patch_pd(&sys, sys.pd("server").unwrap(), &layout.pds[1], &layout.regions, server).unwrap();
         assert_eq!(word(server, 0x20_0040), 0, "the server end has notify=false");
         assert_eq!(server.read(0x20_0058, 1).unwrap(), [1], "passive");
+    }
+
+    #[test]
+    fn vcpu_ids_and_prefill_sizes_are_patched() {
+        let dir = std::env::temp_dir().join(format!("tenure-patch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("blob.bin"), [7u8; 300]).unwrap();
+        let xml = r#"<system>
+            <memory_region name="blob" prefill_path="blob.bin"/>
+            <memory_region name="pool" size="0x400000"/>
+            <memory_region name="ram" size="0x200000"/>
+            <protection_domain name="mm" priority="9">
+                <program_image path="m.elf"/>
+                <map mr="pool" vaddr="0x10000000"/>
+                <guest_memory mr="pool"/>
+            </protection_domain>
+            <protection_domain name="vmm" priority="1">
+                <program_image path="v.elf"/>
+                <map mr="blob" vaddr="0x400000" perms="r" setvar_prefill_size="blob_len"/>
+                <virtual_machine name="g">
+                    <vcpu id="4" setvar_id="boot_vcpu"/>
+                    <map mr="ram" vaddr="0x40000000"/>
+                </virtual_machine>
+            </protection_domain>
+            <channel><end pd="vmm" id="0" pp="true"/><end pd="mm" id="0"/></channel>
+        </system>"#;
+        let sys = crate::sdf::parse_with_search_paths(
+            "t.system",
+            xml,
+            &BoardLimits::default(),
+            std::slice::from_ref(&dir),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let sys = sys.unwrap();
+        let extra = [("blob_len", 0x20_0060, 8), ("boot_vcpu", 0x20_0068, 8)];
+        let mut programs: BTreeMap<String, PdElf> =
+            [("mm".to_string(), program(&[])), ("vmm".to_string(), program(&extra))].into();
+        let ram = [(0x4000_0000, 0x100_0000)];
+        let layout = lay_out(&sys, &programs, &mut PhysAllocator::new(&ram), &ram).unwrap();
+        let vmm = programs.get_mut("vmm").unwrap();
+        patch_pd(&sys, sys.pd("vmm").unwrap(), &layout.pds[1], &layout.regions, vmm).unwrap();
+        let word = |p: &PdElf, at| u64::from_le_bytes(p.read(at, 8).unwrap().try_into().unwrap());
+        assert_eq!(word(vmm, 0x20_0060), 300, "the prefill's length, not the region's size");
+        assert_eq!(word(vmm, 0x20_0068), 4);
+    }
+
+    #[test]
+    fn the_mm_configuration_fills_its_symbol() {
+        let mut p = program(&[(symbol::MM_CONFIG, 0x20_0100, 32)]);
+        patch_mm_config(&mut p, &[1, 2, 3]).unwrap();
+        let word = |at| u64::from_le_bytes(p.read(at, 8).unwrap().try_into().unwrap());
+        assert_eq!(
+            [word(0x20_0100), word(0x20_0108), word(0x20_0110), word(0x20_0118)],
+            [1, 2, 3, 0]
+        );
+        assert_eq!(
+            patch_mm_config(&mut p, &[0; 5]),
+            Err(MmConfigError::TooSmall { size: 32, need: 40 })
+        );
+        let mut bare = program(&[]);
+        assert_eq!(patch_mm_config(&mut bare, &[0]), Err(MmConfigError::Missing));
     }
 
     #[test]

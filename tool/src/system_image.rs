@@ -1,6 +1,16 @@
 //! From a checked system and its PD programs to the boot image's system
 //! sections: physical layout, PD stage-2 tables, patched programs,
-//! capabilities, loads and interrupts, plus the human-readable report.
+//! capabilities, loads and interrupts, virtual machines, their vCPUs and
+//! the memory manager's pool and configuration, plus the human-readable
+//! report.
+//!
+//! Guests (`docs/guests.md`): VM `j` (in PD order) gets VMID `pds + 1 +
+//! j`, after the PDs' `1..=pds`; its vCPUs follow each other in the
+//! `Vcpus` section and its VMM holds one vCPU capability per vCPU at
+//! `Slot::vcpu(id)`. The memory manager holds the stage-2 control
+//! capability and finds its configuration (`tenure_abi::mm_config`)
+//! patched into `__tenure_mm_config`. Guest RAM takes no physical memory
+//! here; prefilled regions are loads with data.
 //!
 //! Physical memory of a board's RAM region holding the kernel:
 //!
@@ -29,15 +39,19 @@ use crate::board::Board;
 use crate::el2_map::{self, MapError};
 use crate::elf::{ElfError, PdElf};
 use crate::layout::{self, Content, Layout, LayoutError, PhysAllocator};
-use crate::patch::patch_pd;
+use crate::patch::{MmConfigError, patch_mm_config, patch_pd};
 use crate::pd_tables::{TableArea, TableError};
-use crate::sdf::{SystemDescription, Trigger};
+use crate::sdf::guests::{self, MmClient};
+use crate::sdf::{ProtectionDomain, SystemDescription, Trigger, VirtualMachine};
 use hyp_mm::{Geometry, PaRange, PhysAddr, Prot, VmId, VtcrBuilder};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+use tenure_abi::mm_config::{self, MmConfig, ROOT_AREA_PAGES};
+use tenure_abi::vcpu::WINDOW_SIZE;
 use tenure_abi::{BADGE_PPC, CapKind, Slot};
 use tenure_boot_image::{
-    CapEntry, IrqEntry, LoadEntry, NO_PARENT, PD_NAME_LEN, Parts, PdEntry, Stage2Config,
+    CapEntry, GuestPool, IrqEntry, LoadEntry, NO_PARENT, PD_NAME_LEN, Parts, PdEntry, Stage2Config,
+    VcpuEntry, VmEntry,
 };
 
 /// Bytes reserved for the boot image after the kernel: the largest
@@ -51,6 +65,12 @@ const PA_RANGE_40: u8 = 0b010;
 const PAGE: u64 = 0x1000;
 const BLOCK_2M: u64 = 0x20_0000;
 const BLOCK_1G: u64 = 0x4000_0000;
+/// Table pages mm keeps in its cache between requests
+/// (`pds/mm/src/manager.rs`, `CACHE_PAGES`).
+const MM_CACHE_PAGES: u64 = 16;
+/// MPIDR_EL1 bit 31 is RES1 (Arm ARM D24.2.106); Aff0 is the vCPU's place
+/// in its VM.
+const MPIDR_RES1: u64 = 1 << 31;
 
 /// Why a system image could not be built.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +99,26 @@ pub enum BuildError {
     ImageTooLarge(u64),
     /// The kernel's EL2 map cannot be built for the board.
     Map(MapError),
+    /// The guest memory pool cannot hold mm's roots, its table pages and
+    /// one page of guest memory.
+    PoolTooSmall {
+        /// The pool's memory region.
+        region: String,
+        /// Its size.
+        size: u64,
+        /// Bytes of roots and table pages.
+        tables: u64,
+    },
+    /// The memory manager's configuration could not be written.
+    MmConfig {
+        /// The mm PD.
+        pd: String,
+        /// Why.
+        why: MmConfigError,
+    },
+    /// The memory manager's configuration breaks its own rules (a bug of
+    /// the SDF checks if it happens).
+    MmConfigInvalid(mm_config::MmConfigError),
 }
 
 impl fmt::Display for BuildError {
@@ -98,6 +138,16 @@ impl fmt::Display for BuildError {
                 write!(f, "Error: the board's kernel load address is not in its RAM")
             }
             BuildError::Map(e) => write!(f, "Error: {e}"),
+            BuildError::PoolTooSmall { region, size, tables } => write!(
+                f,
+                "Error: the guest memory pool '{region}' ({size:#x} bytes) is too small: the \
+                 memory manager's roots and table pages take {tables:#x} bytes, and guests \
+                 need memory beyond them"
+            ),
+            BuildError::MmConfig { pd, why } => write!(f, "Error: PD '{pd}': {why}"),
+            BuildError::MmConfigInvalid(e) => {
+                write!(f, "Error: the memory manager's configuration is invalid: {e:?}")
+            }
             BuildError::ImageTooLarge(size) => write!(
                 f,
                 "Error: the boot image ({size:#x} bytes) is larger than the {BOOT_IMAGE_WINDOW:#x} \
@@ -164,6 +214,123 @@ fn table_pages_bound(pd: &layout::PdLayout) -> usize {
     Geometry::IPA_40.root_pages() + per_mapping as usize
 }
 
+/// The guests of a system as the image numbers them.
+struct Guests<'a> {
+    /// Each VM with its VMM's PD index, in VM index order.
+    vms: Vec<(usize, &'a VirtualMachine)>,
+    /// Index of each VM's first vCPU in the `Vcpus` section.
+    vcpu_first: Vec<usize>,
+    /// The memory manager's clients, in client index order.
+    clients: Vec<MmClient>,
+    /// The memory manager's PD index.
+    mm: Option<usize>,
+}
+
+impl<'a> Guests<'a> {
+    fn of(pds: &[&'a ProtectionDomain]) -> Self {
+        let vms: Vec<(usize, &VirtualMachine)> = pds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, pd)| pd.virtual_machine.as_ref().map(|vm| (i, vm)))
+            .collect();
+        let mut vcpu_first = Vec::with_capacity(vms.len());
+        let mut next = 0;
+        for (_, vm) in &vms {
+            vcpu_first.push(next);
+            next += vm.vcpus.len();
+        }
+        let mm = pds.iter().position(|pd| pd.guest_memory.is_some());
+        Guests { vms, vcpu_first, clients: Vec::new(), mm }
+    }
+
+    /// The VM index of the VM PD `pd` is the VMM of.
+    fn vm_of(&self, pd: usize) -> Option<usize> {
+        self.vms.iter().position(|&(vmm, _)| vmm == pd)
+    }
+
+    /// The VMID of VM `vm`: after every PD's.
+    fn vmid(vm: usize, pds: usize) -> u32 {
+        (pds + 1 + vm) as u32
+    }
+}
+
+/// Table pages one table needs at most to map `bytes` page by page into
+/// an empty range: the level-3 and level-2 tables the range can touch
+/// (as `pds/mm`'s `tables_for`).
+fn tables_for(bytes: u64) -> u64 {
+    let pages = bytes.div_ceil(PAGE);
+    pages.div_ceil(512) + 1 + pages.div_ceil(512 * 512) + 1
+}
+
+/// The table pages the memory manager reserves in a pool of `pool_size`
+/// bytes: enough to map every guest's RAM and devices page by page, every
+/// client's whole window, and the ledger over the whole pool, plus its
+/// cache and the refcount pages of the lot.
+fn mm_table_pages(system: &SystemDescription, guests: &Guests, pool_size: u64) -> u64 {
+    let mut pages = tables_for(pool_size) + MM_CACHE_PAGES;
+    for (_, vm) in &guests.vms {
+        let ranges = guests::guest_ranges(system, vm);
+        pages += ranges.ram.iter().map(|&(_, size)| tables_for(size)).sum::<u64>();
+        pages += ranges.devices.iter().map(|&(_, _, size)| tables_for(size)).sum::<u64>();
+    }
+    pages += guests.clients.len() as u64 * tables_for(WINDOW_SIZE);
+    // One refcount word per page of the page source (pds/mm/src/pool.rs).
+    pages + pages.div_ceil(PAGE / 8)
+}
+
+/// The memory manager's configuration for `system`, whose mm is PD
+/// `mm` with its pool at `pool_base`.
+fn mm_config(
+    system: &SystemDescription,
+    guests: &Guests,
+    pds: &[&ProtectionDomain],
+    mm: usize,
+    pool_base: u64,
+) -> Result<MmConfig, BuildError> {
+    let index = |name: &str| pds.iter().position(|pd| pd.name == name).expect("checked names");
+    let gm = pds[mm].guest_memory.as_ref().expect("mm has guest_memory");
+    let pool = system.memory_region(&gm.mr).expect("the SDF checks the pool exists");
+    let vaddr = pds[mm].maps.iter().find(|m| m.mr == gm.mr).expect("the SDF checks it").vaddr;
+    let table_pages = mm_table_pages(system, guests, pool.size);
+    let reserved = (ROOT_AREA_PAGES + table_pages) * PAGE;
+    if pool.size <= reserved {
+        return Err(BuildError::PoolTooSmall {
+            region: pool.name.clone(),
+            size: pool.size,
+            tables: reserved,
+        });
+    }
+    let invalid = BuildError::MmConfigInvalid;
+    let mut config =
+        MmConfig::new(mm_config::Pool { base: pool_base, size: pool.size, vaddr, table_pages });
+    for client in &guests.clients {
+        config
+            .add_client(mm_config::Client {
+                channel: client.mm_channel,
+                vmid: (index(&client.pd) + 1) as u8,
+                window: true,
+                pd: index(&client.pd) as u8,
+            })
+            .map_err(invalid)?;
+    }
+    for (j, &(vmm, vm)) in guests.vms.iter().enumerate() {
+        let controller = guests.clients.iter().position(|c| c.pd == pds[vmm].name);
+        let controller = controller.expect("the SDF checks every VMM is a client");
+        let vmid = Guests::vmid(j, pds.len());
+        let mut guest = mm_config::Guest::new(j as u8, vmid as u8, controller as u8);
+        let ranges = guests::guest_ranges(system, vm);
+        for (ipa, size) in ranges.ram {
+            guest.add_ram(mm_config::RamRange { ipa, size }).map_err(invalid)?;
+        }
+        for (ipa, pa, size) in ranges.devices {
+            guest.add_device(mm_config::DeviceRange { ipa, pa, size }).map_err(invalid)?;
+        }
+        config.add_guest(guest).map_err(invalid)?;
+    }
+    config.validate().map_err(invalid)?;
+    Ok(config)
+}
+
 /// Lays out `system` (its programs loaded in `programs`, by PD name) for
 /// `board` with a kernel block of `kernel_size` bytes, builds the PD
 /// tables, patches the programs and returns the image's system sections.
@@ -187,6 +354,17 @@ pub fn build(
     })?;
     let mut area = TableArea::new(PhysAddr::new(area_base), pages);
 
+    let mut guests = Guests::of(&pds);
+    guests.clients = guests::mm_clients(system);
+    let mm_config = match guests.mm {
+        Some(mm) => {
+            let pool = &pds[mm].guest_memory.as_ref().expect("mm has guest_memory").mr;
+            let base = layout.regions[pool];
+            Some(mm_config(system, &guests, &pds, mm, base)?)
+        }
+        None => None,
+    };
+
     let mut parts = Parts {
         stage2: Some(Stage2Config {
             vtcr: VtcrBuilder::new(
@@ -204,6 +382,13 @@ pub fn build(
         let program = programs.get_mut(&pd.name).expect("lay_out found every program");
         patch_pd(system, pd, pd_layout, &layout.regions, program)
             .map_err(|why| BuildError::Patch { pd: pd.name.clone(), why })?;
+        if guests.mm == Some(i)
+            && let Some(config) = &mm_config
+        {
+            let words = config.encode().map_err(BuildError::MmConfigInvalid)?;
+            patch_mm_config(program, &words)
+                .map_err(|why| BuildError::MmConfig { pd: pd.name.clone(), why })?;
+        }
 
         let table_err = |why| BuildError::Table { pd: pd.name.clone(), why };
         let mut space = area.new_space(VmId(i as u16 + 1)).map_err(table_err)?;
@@ -267,6 +452,15 @@ pub fn build(
             let id = child.id.expect("the SDF requires a child id") as u8;
             cap(Slot::child(id), CapKind::ChildTcb, index[child.name.as_str()] as u64, 0);
         }
+        if let (Some(vm), Some(j)) = (&pd.virtual_machine, guests.vm_of(i)) {
+            for (k, vcpu) in vm.vcpus.iter().enumerate() {
+                let target = (guests.vcpu_first[j] + k) as u64;
+                cap(Slot::vcpu(vcpu.id), CapKind::Vcpu, target, 0);
+            }
+        }
+        if guests.mm == Some(i) {
+            cap(Slot::STAGE2_CONTROL, CapKind::Stage2Control, 0, 0);
+        }
         caps.sort_by_key(|c| c.slot.get());
 
         let parent = pds.iter().position(|p| p.children.iter().any(|c| c.name == pd.name));
@@ -308,13 +502,56 @@ pub fn build(
         }
     }
 
-    // Memory regions in RAM are zeroed once, however many PDs map them;
-    // device memory is never touched.
+    // Memory regions in RAM are filled once, however many PDs map them:
+    // with their prefill data, then zeroes. Device memory is never
+    // touched; guest RAM has no physical memory of its own.
     for mr in &system.memory_regions {
-        let paddr = layout.regions[&mr.name];
-        if ram.iter().any(|&(b, s)| paddr >= b && paddr + mr.size <= b + s) {
-            load(&mut parts.loads, paddr, mr.size, 0, 0);
+        let Some(&paddr) = layout.regions.get(&mr.name) else { continue };
+        if !ram.iter().any(|&(b, s)| paddr >= b && paddr + mr.size <= b + s) {
+            continue;
         }
+        match &mr.prefill {
+            Some(prefill) => {
+                let start = parts.blob.len() as u64;
+                parts.blob.extend_from_slice(&prefill.data);
+                load(&mut parts.loads, paddr, mr.size, start, prefill.data.len() as u64);
+                parts.blob.resize(parts.blob.len().next_multiple_of(8), 0);
+            }
+            None => load(&mut parts.loads, paddr, mr.size, 0, 0),
+        }
+    }
+
+    for (j, &(vmm, vm)) in guests.vms.iter().enumerate() {
+        let mut name = [0u8; PD_NAME_LEN];
+        let len = vm.name.len().min(PD_NAME_LEN);
+        name[..len].copy_from_slice(&vm.name.as_bytes()[..len]);
+        parts.vms.push(VmEntry {
+            name,
+            vmid: Guests::vmid(j, pds.len()).into(),
+            vcpu_first: (guests.vcpu_first[j] as u32).into(),
+            vcpu_count: (vm.vcpus.len() as u32).into(),
+            vmm: vmm as u8,
+            reserved: [0; 3],
+        });
+        for (k, vcpu) in vm.vcpus.iter().enumerate() {
+            parts.vcpus.push(VcpuEntry {
+                vm: (j as u32).into(),
+                id: vcpu.id,
+                priority: vm.priority,
+                reserved: [0; 2],
+                mpidr: (MPIDR_RES1 | k as u64).into(),
+                budget_us: vm.budget.into(),
+                period_us: vm.period.into(),
+            });
+        }
+    }
+    if let (Some(mm), Some(config)) = (guests.mm, &mm_config) {
+        parts.guest_pool = Some(GuestPool {
+            base: config.pool.base.into(),
+            size: config.pool.size.into(),
+            mm: mm as u8,
+            reserved: [0; 7],
+        });
     }
 
     let table_bytes = area.bytes();
@@ -328,6 +565,7 @@ pub fn build(
     parts.stage1 = Some(el2_map::build(board, image_paddr).map_err(BuildError::Map)?);
 
     let report = report(system, board, &layout, &parts, tables, reserved);
+    let report = guest_report(report, &pds, &guests, &parts, mm_config.as_ref());
     Ok(SystemImage { parts, layout, tables, reserved, report })
 }
 
@@ -423,9 +661,19 @@ fn report(
             let _ = writeln!(r, "    (none)");
         }
         for c in caps {
+            let t = c.target.get() as usize;
             let target = match CapKind::from_raw(c.kind) {
-                Some(CapKind::IrqHandler) => format!("INTID {}", c.target.get()),
-                _ => format!("PD '{}'", pds[c.target.get() as usize].name),
+                Some(CapKind::IrqHandler) => format!("INTID {t}"),
+                Some(CapKind::Vcpu) => match parts.vcpus.get(t) {
+                    Some(v) => format!(
+                        "vCPU {t} (VM '{}', id {})",
+                        parts.vms.get(v.vm.get() as usize).map_or("?", vm_name),
+                        v.id
+                    ),
+                    None => format!("vCPU {t}"),
+                },
+                Some(CapKind::Stage2Control) => "the guest memory pool".to_string(),
+                _ => format!("PD '{}'", pds.get(t).map_or("?", |pd| pd.name.as_str())),
             };
             let _ = writeln!(
                 r,
@@ -484,12 +732,144 @@ fn report(
         }
     }
     for mr in &system.memory_regions {
-        rows.push((layout.regions[&mr.name], mr.size, format!("memory region '{}'", mr.name)));
+        let Some(&paddr) = layout.regions.get(&mr.name) else { continue };
+        let what = match guests::region_use(system, &mr.name) {
+            guests::RegionUse::Pool => format!("memory region '{}' (guest memory pool)", mr.name),
+            guests::RegionUse::GuestDevice => format!("memory region '{}' (guest device)", mr.name),
+            _ => format!("memory region '{}'", mr.name),
+        };
+        let what = match &mr.prefill {
+            Some(p) => format!("{what}, prefilled from '{}'", p.path.display()),
+            None => what,
+        };
+        rows.push((paddr, mr.size, what));
     }
     rows.push((tables.0, tables.1, "PD stage-2 tables".into()));
     rows.sort();
     for (base, size, what) in rows {
         let _ = writeln!(r, "{base:#012x}..{:#012x} {size:#10x} {what}", base + size);
+    }
+    r
+}
+
+/// A VM entry's name, without its NUL padding.
+fn vm_name(vm: &VmEntry) -> &str {
+    let len = vm.name.iter().position(|&b| b == 0).unwrap_or(PD_NAME_LEN);
+    std::str::from_utf8(&vm.name[..len]).unwrap_or("?")
+}
+
+/// The guest sections of report.txt: VMs, vCPUs, the pool and mm's
+/// clients, appended to `r`.
+fn guest_report(
+    mut r: String,
+    pds: &[&ProtectionDomain],
+    guests: &Guests,
+    parts: &Parts,
+    config: Option<&MmConfig>,
+) -> String {
+    let _ = writeln!(r, "\n# Virtual machines\n");
+    if parts.vms.is_empty() {
+        let _ = writeln!(r, "(none)");
+    }
+    for (j, (vm, (_, sdf_vm))) in parts.vms.iter().zip(&guests.vms).enumerate() {
+        let _ = writeln!(
+            r,
+            "VM {j} '{}': VMID {}, VMM PD '{}', vCPUs {}..{}, priority {}, budget {} us per {} us",
+            vm_name(vm),
+            vm.vmid.get(),
+            pds[usize::from(vm.vmm)].name,
+            vm.vcpu_first.get(),
+            vm.vcpu_first.get() + vm.vcpu_count.get(),
+            sdf_vm.priority,
+            sdf_vm.budget,
+            sdf_vm.period,
+        );
+        if let Some(guest) = config.and_then(|c| c.guests().get(j)) {
+            for ram in guest.ram() {
+                let _ = writeln!(
+                    r,
+                    "  RAM    IPA {:#012x}..{:#012x} backed by the memory manager on demand",
+                    ram.ipa,
+                    ram.ipa + ram.size
+                );
+            }
+            for dev in guest.devices() {
+                let _ = writeln!(
+                    r,
+                    "  device IPA {:#012x}..{:#012x} -> PA {:#012x}, mapped on first touch",
+                    dev.ipa,
+                    dev.ipa + dev.size,
+                    dev.pa
+                );
+            }
+        }
+    }
+    let _ = writeln!(r, "\n# vCPUs\n");
+    if parts.vcpus.is_empty() {
+        let _ = writeln!(r, "(none)");
+    }
+    for (k, vcpu) in parts.vcpus.iter().enumerate() {
+        let vm = &parts.vms[vcpu.vm.get() as usize];
+        let _ = writeln!(
+            r,
+            "vCPU {k}: VM '{}' id {} (slot {} of PD '{}'), MPIDR {:#x}, priority {}, budget {} us \
+             per {} us",
+            vm_name(vm),
+            vcpu.id,
+            Slot::vcpu(vcpu.id).0,
+            pds[usize::from(vm.vmm)].name,
+            vcpu.mpidr.get(),
+            vcpu.priority,
+            vcpu.budget_us.get(),
+            vcpu.period_us.get(),
+        );
+    }
+    let _ = writeln!(r, "\n# Guest memory pool\n");
+    match (parts.guest_pool.as_ref(), config) {
+        (Some(pool), Some(c)) => {
+            let (base, size) = (pool.base.get(), pool.size.get());
+            let tables = base + ROOT_AREA_PAGES * PAGE;
+            let managed = tables + c.pool.table_pages * PAGE;
+            let _ = writeln!(
+                r,
+                "{base:#012x}..{:#012x} {size:#x} bytes, memory manager PD '{}' at IPA {:#x}\n  \
+                 roots   {base:#012x}..{tables:#012x} ({ROOT_AREA_PAGES} pages)\n  \
+                 tables  {tables:#012x}..{managed:#012x} ({} pages)\n  \
+                 managed {managed:#012x}..{:#012x} ({} pages)",
+                base + size,
+                pds[usize::from(pool.mm)].name,
+                c.pool.vaddr,
+                c.pool.table_pages,
+                base + size,
+                (base + size - managed) / PAGE,
+            );
+        }
+        _ => {
+            let _ = writeln!(r, "(none)");
+        }
+    }
+    let _ = writeln!(r, "\n# Memory manager clients\n");
+    if guests.clients.is_empty() {
+        let _ = writeln!(r, "(none)");
+    }
+    for (c, client) in guests.clients.iter().enumerate() {
+        let info = config.and_then(|cfg| cfg.clients().get(c));
+        let _ = writeln!(
+            r,
+            "client {c}: PD '{}', calls on mm's channel {}, VMID {}, window {}",
+            client.pd,
+            client.mm_channel,
+            info.map_or(0, |i| i.vmid),
+            if info.is_some_and(|i| i.window) {
+                format!(
+                    "IPA {:#x}..{:#x}",
+                    tenure_abi::vcpu::WINDOW_IPA,
+                    tenure_abi::vcpu::WINDOW_IPA + WINDOW_SIZE
+                )
+            } else {
+                "none".to_string()
+            }
+        );
     }
     r
 }
@@ -502,10 +882,17 @@ mod tests {
     use crate::patch::symbol;
     use crate::sdf::{BoardLimits, parse};
     use object::elf;
+    use tenure_abi::mm_config;
     use tenure_boot_image::{Image, write_image};
 
     /// A PD program with libmicrokit's runtime symbols.
     fn program() -> PdElf {
+        program_with(&[])
+    }
+
+    /// [`program`] with `extra` symbols in its data segment
+    /// (0x20_1200..0x20_3000 is free).
+    fn program_with(extra: &[(&str, u64, u64)]) -> PdElf {
         let text = Seg {
             vaddr: 0x20_0000,
             data: &[0x1f, 0x20, 0x03, 0xd5],
@@ -518,20 +905,16 @@ mod tests {
             mem_size: 0x2ff0,
             flags: elf::PF_R | elf::PF_W,
         };
-        PdElf::parse(&build_elf(
-            elf::EM_AARCH64,
-            elf::ET_EXEC,
-            &[text, data],
-            &[
-                (symbol::NAME, 0x20_1100, 64),
-                (symbol::NOTIFICATIONS, 0x20_1140, 8),
-                (symbol::PPS, 0x20_1148, 8),
-                (symbol::IRQS, 0x20_1150, 8),
-                (symbol::PASSIVE, 0x20_1158, 1),
-                (IPC_BUFFER_SYMBOL, 0x20_3000, 512),
-            ],
-        ))
-        .unwrap()
+        let mut symbols = vec![
+            (symbol::NAME, 0x20_1100, 64),
+            (symbol::NOTIFICATIONS, 0x20_1140, 8),
+            (symbol::PPS, 0x20_1148, 8),
+            (symbol::IRQS, 0x20_1150, 8),
+            (symbol::PASSIVE, 0x20_1158, 1),
+            (IPC_BUFFER_SYMBOL, 0x20_3000, 512),
+        ];
+        symbols.extend_from_slice(extra);
+        PdElf::parse(&build_elf(elf::EM_AARCH64, elf::ET_EXEC, &[text, data], &symbols)).unwrap()
     }
 
     const SYSTEM: &str = r#"<system>
@@ -663,6 +1046,199 @@ mod tests {
         assert_eq!((tables.paddr.get(), tables.data_size.get()), image.tables);
         assert!(image.report.contains("slot  10: notification -> PD 'kid', badge 0x2"));
         assert!(check_size(&encoded).is_ok());
+    }
+
+    /// Where the mm test program keeps its configuration.
+    const MM_CONFIG_AT: u64 = 0x20_1200;
+
+    fn guest_system(pool_size: &str) -> (SystemDescription, Vec<u8>) {
+        // One directory per call: the tests run in parallel threads.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("tenure-system-image-{}-{call}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..0x1234u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.join("guest.bin"), &data).unwrap();
+        let xml = format!(
+            r#"<system>
+            <memory_region name="scratch" size="0x1000"/>
+            <memory_region name="pool" size="{pool_size}"/>
+            <memory_region name="ram" size="0x800000" page_size="0x200000"/>
+            <memory_region name="uart" size="0x1000" phys_addr="0x9000000"/>
+            <memory_region name="image" size="0x3000" prefill_path="guest.bin"/>
+            <protection_domain name="mm" priority="200" passive="true">
+                <program_image path="mm.elf"/>
+                <map mr="pool" vaddr="0x10000000" perms="rw"/>
+                <guest_memory mr="pool"/>
+            </protection_domain>
+            <protection_domain name="vmm" priority="100">
+                <program_image path="vmm.elf"/>
+                <map mr="scratch" vaddr="0x300000"/>
+                <map mr="image" vaddr="0x400000" perms="r"/>
+                <virtual_machine name="guest" priority="50" budget="500" period="1000">
+                    <vcpu id="2"/>
+                    <vcpu id="5"/>
+                    <map mr="ram" vaddr="0x40000000" perms="rwx"/>
+                    <map mr="uart" vaddr="0x9000000" perms="rw" cached="false"/>
+                </virtual_machine>
+            </protection_domain>
+            <channel><end pd="vmm" id="1" pp="true"/><end pd="mm" id="6"/></channel>
+        </system>"#
+        );
+        let system = crate::sdf::parse_with_search_paths(
+            "g.system",
+            &xml,
+            &BoardLimits::default(),
+            std::slice::from_ref(&dir),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (system, data)
+    }
+
+    fn guest_programs(mm_config_bytes: u64) -> BTreeMap<String, PdElf> {
+        let mm = program_with(&[(symbol::MM_CONFIG, MM_CONFIG_AT, mm_config_bytes)]);
+        [("mm".to_string(), mm), ("vmm".to_string(), program())].into()
+    }
+
+    fn build_guest(pool_size: &str, mm_config_bytes: u64) -> Result<SystemImage, BuildError> {
+        let (system, _) = guest_system(pool_size);
+        let board = by_name("qemu_virt_aarch64").unwrap();
+        build(&system, guest_programs(mm_config_bytes), board, 0x10_0000)
+    }
+
+    const CONFIG_BYTES: u64 = 8 * mm_config::WORDS as u64;
+
+    #[test]
+    fn a_guest_gets_its_vm_vcpus_pool_and_capabilities() {
+        let image = build_guest("0x1000000", CONFIG_BYTES + 16).unwrap();
+        let parts = &image.parts;
+        let [vm] = parts.vms.as_slice() else { panic!("one VM") };
+        assert_eq!(vm_name(vm), "guest");
+        assert_eq!((vm.vmid.get(), vm.vcpu_first.get(), vm.vcpu_count.get()), (3, 0, 2));
+        assert_eq!(vm.vmm, 1);
+        let vcpus: Vec<_> = parts
+            .vcpus
+            .iter()
+            .map(|v| (v.vm.get(), v.id, v.priority, v.mpidr.get(), v.budget_us.get()))
+            .collect();
+        assert_eq!(vcpus, [(0, 2, 50, 0x8000_0000, 500), (0, 5, 50, 0x8000_0001, 500)]);
+        assert!(parts.vcpus.iter().all(|v| v.period_us.get() == 1000));
+        let pool = parts.guest_pool.unwrap();
+        assert_eq!(pool.base.get(), image.layout.regions["pool"]);
+        assert_eq!(pool.base.get() % 0x2000, 0, "roots need 8 KiB alignment");
+        assert_eq!((pool.size.get(), pool.mm), (0x100_0000, 0));
+
+        let (n, e) = (CapKind::Notification as u8, CapKind::Endpoint as u8);
+        let (vcpu, s2) = (CapKind::Vcpu as u8, CapKind::Stage2Control as u8);
+        assert_eq!(
+            caps(&image, 0),
+            [(Slot::notification(6).0, n, 1, 1 << 1), (Slot::STAGE2_CONTROL.0, s2, 0, 0)]
+        );
+        assert_eq!(
+            caps(&image, 1),
+            [
+                (Slot::notification(1).0, n, 0, 1 << 6),
+                (Slot::endpoint(1).0, e, 0, BADGE_PPC | 6),
+                (Slot::vcpu(2).0, vcpu, 0, 0),
+                (Slot::vcpu(5).0, vcpu, 1, 0),
+            ]
+        );
+        // The kernel's reader accepts the sections.
+        let encoded = write_image(&by_name("qemu_virt_aarch64").unwrap().boot_info(), parts);
+        let parsed = Image::parse(&encoded).unwrap();
+        assert_eq!(parsed.system().vcpus_of(&parsed.system().vms[0]).len(), 2);
+
+        for section in ["# Virtual machines", "# vCPUs", "# Guest memory pool", "# Memory manager"]
+        {
+            assert!(image.report.contains(section), "{section} missing:\n{}", image.report);
+        }
+        assert!(image.report.contains("VM 0 'guest': VMID 3, VMM PD 'vmm', vCPUs 0..2"));
+        assert!(image.report.contains("slot 332: vcpu         -> vCPU 0 (VM 'guest', id 2)"));
+        assert!(image.report.contains("client 0: PD 'vmm', calls on mm's channel 6, VMID 2"));
+        assert!(image.report.contains("RAM    IPA 0x0040000000..0x0040800000"));
+    }
+
+    #[test]
+    fn guest_ram_takes_no_memory_and_prefilled_regions_are_loaded() {
+        let (_, data) = guest_system("0x1000000");
+        let image = build_guest("0x1000000", CONFIG_BYTES).unwrap();
+        assert!(!image.layout.regions.contains_key("ram"), "guest RAM is mm's to back");
+        assert!(image.layout.pds.iter().flat_map(|p| &p.mappings).all(|m| m.size != 0x80_0000));
+        let encoded = write_image(&by_name("qemu_virt_aarch64").unwrap().boot_info(), &image.parts);
+        let parsed = Image::parse(&encoded).unwrap();
+        let system = parsed.system();
+        let at = image.layout.regions["image"];
+        let load = system.loads.iter().find(|l| l.paddr.get() == at).unwrap();
+        assert_eq!((load.size.get(), load.data_size.get()), (0x3000, data.len() as u64));
+        assert_eq!(system.data_of(load), data.as_slice());
+        // The pool is zeroed (mm's roots must start empty).
+        let pool = image.layout.regions["pool"];
+        let load = system.loads.iter().find(|l| l.paddr.get() == pool).unwrap();
+        assert_eq!((load.size.get(), load.data_size.get()), (0x100_0000, 0));
+    }
+
+    #[test]
+    fn the_memory_manager_gets_its_configuration() {
+        let image = build_guest("0x1000000", CONFIG_BYTES + 16).unwrap();
+        let data = &image.layout.pds[0].mappings[1];
+        assert_eq!(data.vaddr, 0x20_1000);
+        let load = image.parts.loads.iter().find(|l| l.paddr.get() == data.paddr).unwrap();
+        let start = (load.data_offset.get() + MM_CONFIG_AT - data.vaddr) as usize;
+        let bytes = &image.parts.blob[start..start + CONFIG_BYTES as usize + 16];
+        let words: Vec<u64> =
+            bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(&words[mm_config::WORDS..], [0, 0], "the rest of the symbol is zeroed");
+        let config = MmConfig::decode(&words).unwrap();
+        let pool = config.pool;
+        assert_eq!(
+            (pool.base, pool.size, pool.vaddr),
+            (image.layout.regions["pool"], 0x100_0000, 0x1000_0000)
+        );
+        // Ledger 11 + cache 16 + RAM 7 + device 4 + window 515, then refcounts.
+        assert_eq!(pool.table_pages, 553 + 2);
+        assert_eq!(
+            config.clients(),
+            [mm_config::Client { channel: 6, vmid: 2, window: true, pd: 1 }]
+        );
+        let [guest] = config.guests() else { panic!("one guest") };
+        assert_eq!((guest.vm, guest.vmid, guest.controller), (0, 3, 0));
+        assert_eq!(guest.ram(), [mm_config::RamRange { ipa: 0x4000_0000, size: 0x80_0000 }]);
+        assert_eq!(
+            guest.devices(),
+            [mm_config::DeviceRange { ipa: 0x900_0000, pa: 0x900_0000, size: 0x1000 }]
+        );
+        assert!(image.report.contains("tables  "), "{}", image.report);
+        if std::env::var_os("TENURE_PRINT_REPORT").is_some() {
+            println!("{}", image.report);
+        }
+    }
+
+    #[test]
+    fn a_missing_or_small_configuration_symbol_and_a_small_pool_are_refused() {
+        let err = build_guest("0x1000000", CONFIG_BYTES - 8).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Error: PD 'mm': the memory manager's '__tenure_mm_config' symbol is {} bytes; \
+                 its configuration needs {CONFIG_BYTES} bytes (335 words)",
+                CONFIG_BYTES - 8
+            )
+        );
+        let (system, _) = guest_system("0x1000000");
+        let mut programs = guest_programs(CONFIG_BYTES);
+        programs.insert("mm".into(), program());
+        let board = by_name("qemu_virt_aarch64").unwrap();
+        let err = build(&system, programs, board, 0x10_0000).unwrap_err();
+        assert!(matches!(err, BuildError::MmConfig { why: MmConfigError::Missing, .. }), "{err:?}");
+        assert!(err.to_string().contains("has no '__tenure_mm_config' symbol"), "{err}");
+        let err = build_guest("0x200000", CONFIG_BYTES).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("Error: the guest memory pool 'pool' (0x200000 bytes) is too small"),
+            "{err}"
+        );
     }
 
     #[test]

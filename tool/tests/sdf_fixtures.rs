@@ -1,13 +1,16 @@
 //! Every SDF rule has a fixture under `tests/fixtures/sdf/`: `<rule>.system`
 //! with the exact error in `<rule>.expected`; `valid-*.system` files must
-//! parse and pass [`check_supported`]. Run with `SDF_BLESS=1` to (re)write
-//! the `.expected` files from the current messages, then review the diff.
+//! parse and pass [`check_supported`]. `prefill_path` files are found in the
+//! fixture directory (`*.bin`). Run with `SDF_BLESS=1` to (re)write the
+//! `.expected` files from the current messages, then review the diff.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use tenure_tool::sdf::guests::{self, RegionUse};
 use tenure_tool::sdf::{
     BoardLimits, SdfError, SystemDescription, Trigger, Warning, check_supported, parse,
+    parse_with_search_paths,
 };
 
 fn fixtures() -> PathBuf {
@@ -15,10 +18,11 @@ fn fixtures() -> PathBuf {
 }
 
 /// Parses a fixture as `tenure pack` would: the file name as given, the
-/// default board, then the Tenure support check.
+/// default board, the fixture directory as the search path, then the
+/// Tenure support check.
 fn load(name: &str) -> Result<SystemDescription, SdfError> {
     let xml = fs::read_to_string(fixtures().join(name)).expect("fixture is readable");
-    let system = parse(name, &xml, &BoardLimits::default())?;
+    let system = parse_with_search_paths(name, &xml, &BoardLimits::default(), &[fixtures()])?;
     check_supported(&system)?;
     Ok(system)
 }
@@ -167,16 +171,41 @@ fn unused_region_is_a_warning_not_an_error() {
 }
 
 #[test]
-fn virtual_machine_parses_but_is_not_supported() {
-    let name = "vm-not-supported.system";
-    let xml = fs::read_to_string(fixtures().join(name)).expect("fixture");
-    let system = parse(name, &xml, &BoardLimits::default()).expect("syntactically valid");
+fn a_guest_its_vmm_and_the_memory_manager() {
+    let system = valid("valid-guest.system");
     let vmm = system.pd("vmm").expect("vmm");
     let vm = vmm.virtual_machine.as_ref().expect("vm");
-    assert_eq!(vm.name, "linux");
+    assert_eq!((vm.name.as_str(), vm.priority, vm.budget, vm.period), ("linux", 50, 2000, 4000));
     assert_eq!(vm.vcpus.iter().map(|v| v.id).collect::<Vec<_>>(), [0, 1]);
-    assert_eq!(vm.maps[0].vaddr, 0x4000_0000);
-    assert!(check_supported(&system).is_err());
+    assert_eq!(vm.vcpus[1].setvar_id.as_deref(), Some("vcpu1"));
+    let mm = guests::memory_manager(&system).expect("mm");
+    assert_eq!(mm.name, "mm");
+    assert_eq!(mm.guest_memory.as_ref().map(|g| g.mr.as_str()), Some("pool"));
+    assert_eq!(guests::region_use(&system, "pool"), RegionUse::Pool);
+    assert_eq!(guests::region_use(&system, "ram_low"), RegionUse::GuestRam);
+    assert_eq!(guests::region_use(&system, "uart"), RegionUse::GuestDevice);
+    assert_eq!(guests::region_use(&system, "images"), RegionUse::Ordinary);
+    let clients = guests::mm_clients(&system);
+    let clients: Vec<_> = clients.iter().map(|c| (c.pd.as_str(), c.mm_channel)).collect();
+    assert_eq!(clients, [("vmm", 3), ("serial", 4)]);
+    let ranges = guests::guest_ranges(&system, vm);
+    // The two RAM maps are adjacent: one range.
+    assert_eq!(ranges.ram, [(0x4000_0000, 0x1000_0000)]);
+    assert_eq!(ranges.devices, [(0x900_0000, 0x900_0000, 0x1000)]);
+    let images = system.memory_region("images").expect("images");
+    let prefill = images.prefill.as_ref().expect("prefilled");
+    assert_eq!(prefill.data.len(), 5000);
+    assert_eq!(images.size, 0x2000, "the file's size, rounded up to pages");
+    assert!(system.warnings.is_empty());
+}
+
+#[test]
+fn prefill_files_come_from_the_search_paths() {
+    let name = "valid-guest.system";
+    let xml = fs::read_to_string(fixtures().join(name)).expect("fixture");
+    let err = parse(name, &xml, &BoardLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("unable to find prefill file 'prefill-5000.bin'"), "{err}");
+    assert!(check_supported(&valid(name)).is_ok());
 }
 
 #[test]

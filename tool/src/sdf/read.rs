@@ -1,15 +1,16 @@
 //! Step 1: each element on its own, into the typed tree.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use roxmltree::{Document, Node};
 use tenure_abi::{MAX_CHANNEL_ID, MAX_PRIORITY, PD_NAME_LEN};
 
 use super::number::{parse_bool, parse_decimal, parse_number};
 use super::{
-    BoardLimits, Channel, End, Irq, Location, Map, MemoryRegion, Perms, ProgramImage,
-    ProtectionDomain, SdfError, Setvar, SystemDescription, Trigger, Vcpu, VirtualMachine,
+    BoardLimits, Channel, End, GuestMemory, Irq, Location, Map, MemoryRegion, Perms, Prefill,
+    ProgramImage, ProtectionDomain, SdfError, Setvar, SystemDescription, Trigger, Vcpu,
+    VirtualMachine,
 };
 
 /// Longest period, in microseconds: seL4's `MAX_PERIOD_US`, one hour.
@@ -30,13 +31,20 @@ pub(super) struct Reader<'a, 'input> {
     file: &'a str,
     doc: &'a Document<'input>,
     board: &'a BoardLimits,
+    /// Where `prefill_path` files are looked up, in order.
+    search_paths: &'a [PathBuf],
 }
 
 type Result<T> = std::result::Result<T, SdfError>;
 
 impl<'a, 'input> Reader<'a, 'input> {
-    pub(super) fn new(file: &'a str, doc: &'a Document<'input>, board: &'a BoardLimits) -> Self {
-        Reader { file, doc, board }
+    pub(super) fn new(
+        file: &'a str,
+        doc: &'a Document<'input>,
+        board: &'a BoardLimits,
+        search_paths: &'a [PathBuf],
+    ) -> Self {
+        Reader { file, doc, board, search_paths }
     }
 
     /// Reads `<system>` and everything in it; warnings are left empty.
@@ -154,6 +162,7 @@ impl<'a, 'input> Reader<'a, 'input> {
         let mut setvars = Vec::new();
         let mut children = Vec::new();
         let mut virtual_machine = None;
+        let mut guest_memory: Option<GuestMemory> = None;
         // Symbols this PD's image gets patched with; each may be set once.
         let mut symbols = HashSet::new();
         for child in node.children().filter(Node::is_element) {
@@ -173,7 +182,9 @@ impl<'a, 'input> Reader<'a, 'input> {
                     // Microkit's `pd_map_max_vaddr`: maps start below the stack.
                     let stack_bottom = self.board.pd_stack_top.saturating_sub(stack_size);
                     let map = self.map(child, true, stack_bottom)?;
-                    for symbol in [&map.setvar_vaddr, &map.setvar_size].into_iter().flatten() {
+                    let symbols_of =
+                        [&map.setvar_vaddr, &map.setvar_size, &map.setvar_prefill_size];
+                    for symbol in symbols_of.into_iter().flatten() {
                         self.new_symbol(&mut symbols, child, symbol)?;
                     }
                     maps.push(map);
@@ -214,6 +225,15 @@ impl<'a, 'input> Reader<'a, 'input> {
                     }
                     virtual_machine = Some(vm);
                 }
+                "guest_memory" => {
+                    self.check_attributes(child, &["mr"])?;
+                    if guest_memory.is_some() {
+                        return Err(self
+                            .error(node, "guest_memory must only be specified once".to_string()));
+                    }
+                    let mr = self.required(child, "mr")?.to_string();
+                    guest_memory = Some(GuestMemory { mr, at: self.loc(child) });
+                }
                 _ => return Err(self.invalid_element(child)),
             }
         }
@@ -241,6 +261,7 @@ impl<'a, 'input> Reader<'a, 'input> {
             setvars,
             children,
             virtual_machine,
+            guest_memory,
             at: self.loc(node),
         })
     }
@@ -287,7 +308,7 @@ impl<'a, 'input> Reader<'a, 'input> {
     fn map(&self, node: Node, allow_setvar: bool, max_vaddr: u64) -> Result<Map> {
         let mut attrs = vec!["mr", "vaddr", "perms", "cached"];
         if allow_setvar {
-            attrs.extend(["setvar_vaddr", "setvar_size"]);
+            attrs.extend(["setvar_vaddr", "setvar_size", "setvar_prefill_size"]);
         }
         self.check_attributes(node, &attrs)?;
         let mr = self.required(node, "mr")?.to_string();
@@ -329,6 +350,7 @@ impl<'a, 'input> Reader<'a, 'input> {
             cached,
             setvar_vaddr: node.attribute("setvar_vaddr").map(str::to_string),
             setvar_size: node.attribute("setvar_size").map(str::to_string),
+            setvar_prefill_size: node.attribute("setvar_prefill_size").map(str::to_string),
             at: self.loc(node),
         })
     }
@@ -394,13 +416,36 @@ impl<'a, 'input> Reader<'a, 'input> {
     }
 
     fn memory_region(&self, node: Node) -> Result<MemoryRegion> {
-        self.check_attributes(node, &["name", "size", "page_size", "phys_addr"])?;
+        self.check_attributes(node, &["name", "size", "page_size", "phys_addr", "prefill_path"])?;
         let name = self.required(node, "name")?.to_string();
-        let size = self.number(node, self.required(node, "size")?, "size")?;
         let page_size =
             self.optional_number(node, "page_size")?.unwrap_or(self.board.page_sizes[0]);
         if !self.board.page_sizes.contains(&page_size) {
             return Err(self.error(node, format!("page size 0x{page_size:x} not supported")));
+        }
+        let prefill = match node.attribute("prefill_path") {
+            Some(path) => Some(self.prefill(node, Path::new(path))?),
+            None => None,
+        };
+        // Microkit 2.2: a prefilled region's size defaults to its file's,
+        // rounded up to whole pages.
+        let size = match (node.attribute("size"), &prefill) {
+            (Some(text), _) => self.number(node, text, "size")?,
+            (None, Some(p)) => (p.data.len() as u64).max(1).next_multiple_of(page_size),
+            (None, None) => return Err(self.missing(node, "size")),
+        };
+        if let Some(p) = &prefill
+            && p.data.len() as u64 > size
+        {
+            return Err(self.error(
+                node,
+                format!(
+                    "prefill file '{}' ({:#x} bytes) is larger than the memory region \
+                     ({size:#x} bytes)",
+                    p.path.display(),
+                    p.data.len()
+                ),
+            ));
         }
         if size % page_size != 0 {
             return Err(self.error(node, "size is not a multiple of the page size".to_string()));
@@ -409,7 +454,23 @@ impl<'a, 'input> Reader<'a, 'input> {
         if phys_addr.is_some_and(|pa| pa % page_size != 0) {
             return Err(self.error(node, "phys_addr is not aligned to the page size".to_string()));
         }
-        Ok(MemoryRegion { name, size, page_size, phys_addr, at: self.loc(node) })
+        Ok(MemoryRegion { name, size, page_size, phys_addr, prefill, at: self.loc(node) })
+    }
+
+    /// Reads a `prefill_path` file: the first of that name in the search
+    /// paths, as program images are found.
+    fn prefill(&self, node: Node, path: &Path) -> Result<Prefill> {
+        let found = self.search_paths.iter().map(|dir| dir.join(path)).find(|p| p.is_file());
+        let Some(found) = found else {
+            return Err(self.error(
+                node,
+                format!("unable to find prefill file '{}' in the search paths", path.display()),
+            ));
+        };
+        let data = std::fs::read(&found).map_err(|e| {
+            self.error(node, format!("cannot read prefill file '{}': {e}", found.display()))
+        })?;
+        Ok(Prefill { path: path.to_path_buf(), data })
     }
 
     fn channel(&self, node: Node) -> Result<Channel> {
@@ -492,11 +553,15 @@ impl<'a, 'input> Reader<'a, 'input> {
     }
 
     fn required<'n>(&self, node: Node<'n, 'input>, attribute: &str) -> Result<&'n str> {
-        node.attribute(attribute).ok_or_else(|| SdfError::MissingAttribute {
+        node.attribute(attribute).ok_or_else(|| self.missing(node, attribute))
+    }
+
+    fn missing(&self, node: Node, attribute: &str) -> SdfError {
+        SdfError::MissingAttribute {
             attribute: attribute.to_string(),
             element: node.tag_name().name().to_string(),
             at: self.loc(node),
-        })
+        }
     }
 
     fn boolean(&self, node: Node, attribute: &str, default: bool) -> Result<bool> {

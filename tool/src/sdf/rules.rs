@@ -66,11 +66,13 @@ pub(super) fn check(system: &SystemDescription, board: &BoardLimits) -> Result<V
         }
     }
     physical_overlaps(&system.memory_regions)?;
+    super::guests::check(system, &pds)?;
 
     let mut used: HashSet<&str> = HashSet::new();
     for pd in &pds {
         used.extend(pd.maps.iter().map(|m| m.mr.as_str()));
         used.extend(pd.setvars.iter().map(|s| s.region_paddr.as_str()));
+        used.extend(pd.guest_memory.iter().map(|g| g.mr.as_str()));
         if let Some(vm) = &pd.virtual_machine {
             used.extend(vm.maps.iter().map(|m| m.mr.as_str()));
         }
@@ -197,6 +199,7 @@ fn end_symbols(system: &SystemDescription, pds: &[&ProtectionDomain]) -> Result<
         for map in &pd.maps {
             set.extend(map.setvar_vaddr.as_deref());
             set.extend(map.setvar_size.as_deref());
+            set.extend(map.setvar_prefill_size.as_deref());
         }
         set.extend(pd.irqs.iter().filter_map(|irq| irq.setvar_id.as_deref()));
         set.extend(pd.setvars.iter().map(|s| s.symbol.as_str()));
