@@ -22,11 +22,13 @@ pub mod ipc;
 pub mod symbols;
 #[cfg(target_os = "none")]
 pub mod sys;
+pub mod vcpu;
 
 pub use channel::{Channel, ChannelSet, Child};
 pub use handler::{DeferredAction, DeferredActionSlot, Handler, NullHandler};
 pub use ipc::{MessageInfo, get_mr, set_mr, with_msg_regs, with_msg_regs_mut};
 pub use tenure_abi as abi;
+pub use vcpu::{Reg, Stage2Control, Vcpu};
 
 /// A type with no values: what a PD's event loop "returns".
 #[derive(Debug)]

@@ -80,6 +80,31 @@ fn syscall_no_message(call: Syscall, slot: u64, info: u64, arg: u64) -> (u64, u6
     (x0, x1)
 }
 
+/// An invocation that passes message registers 0 and 1 in `x2` and `x3`
+/// (the fast path, not the IPC buffer) and returns `x0` (the error code)
+/// and `x1` (a value, for methods that return one). `x2..=x5` are treated
+/// as clobbered.
+pub(crate) fn invoke(slot: u64, info: u64, arg: u64, mr0: u64, mr1: u64) -> (u64, u64) {
+    let (mut x0, mut x1) = (slot, info);
+    // SAFETY: as for `syscall`; the kernel reads x0..x7, returns x0 and
+    // x1, may change x2..x5 (declared clobbered) and restores the rest.
+    unsafe {
+        core::arch::asm!(
+            "svc #0",
+            inout("x0") x0,
+            inout("x1") x1,
+            inout("x2") mr0 => _,
+            inout("x3") mr1 => _,
+            out("x4") _,
+            out("x5") _,
+            in("x6") arg,
+            in("x7") Syscall::Invoke as u64,
+            options(nostack),
+        );
+    }
+    (x0, x1)
+}
+
 fn info(raw: u64) -> MessageInfo {
     MessageInfo::from_raw(raw).unwrap_or_default()
 }
