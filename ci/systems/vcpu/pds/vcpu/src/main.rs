@@ -41,7 +41,7 @@ mod pd {
     const VIRQ: u64 = 40;
 
     /// The guest program at IPA `CODE` (EL1, MMU off), one exit a step.
-    const PROGRAM: [u32; 17] = [
+    const PROGRAM: [u32; 21] = [
         0xd400_0002, // 0x00 hvc #0
         0xd400_0003, // 0x04 smc #0
         0xd503_207f, // 0x08 wfi
@@ -59,7 +59,15 @@ mod pd {
         0x1400_0000, // 0x38 b .               until the maintenance exit
         0xd400_0082, // 0x3c hvc #4            done
         0x1400_0000, // 0x40 b .
+        // The benchmark's loops (ci/bench/guest): one exit each pass.
+        0xd400_00a2, // 0x44 hvc #5
+        0x17ff_ffff, // 0x48 b 0x44
+        0xf940_0041, // 0x4c ldr x1, [x2]      x2 = UNMAPPED: emulated
+        0x17ff_ffff, // 0x50 b 0x4c
     ];
+    /// Where the benchmark's loops start.
+    const HVC_LOOP: u64 = CODE + 0x44;
+    const FAULT_LOOP: u64 = CODE + 0x4c;
 
     /// hyp's operations for vmm.
     mod op {
@@ -377,9 +385,74 @@ mod pd {
         }
     }
 
+    /// The benchmark's VMM (`make bench`, ci/bench/guest): times guest
+    /// exit round trips, every instruction on the CPU counted (the
+    /// `benchmark` kernel lets EL0 read PMU event counter 0).
+    struct Bench {
+        /// Exits so far in the current loop.
+        exits: u32,
+        /// The counter after the warm-up.
+        start: u32,
+        /// Which loop: 0 = HVC, 1 = stage-2 fault.
+        phase: u32,
+    }
+
+    const WARMUP: u32 = 100;
+    const ITERATIONS: u32 = 10_000;
+
+    fn instructions() -> u32 {
+        let n: u64;
+        // SAFETY: a `benchmark` kernel lets EL0 read event counter 0; the
+        // read has no side effect.
+        unsafe { core::arch::asm!("mrs {}, pmevcntr0_el0", out(reg) n, options(nomem, nostack)) };
+        n as u32
+    }
+
+    impl Bench {
+        fn start() -> Bench {
+            let bits = Vmm::call_hyp(op::SETUP);
+            let ready = bits & 0b1000 != 0
+                && Vmm::set(Vmm::x(2), UNMAPPED)
+                && VCPU.restart(HVC_LOOP).is_ok();
+            if !ready {
+                debug_println!("TEST_FAIL: the benchmark guest did not start");
+            }
+            Bench { exits: 0, start: 0, phase: 0 }
+        }
+
+        /// One exit: count it, report after the last, and resume.
+        fn exit(&mut self) -> Option<MessageInfo> {
+            let now = instructions();
+            if self.phase == 1 {
+                // Emulate the load: move the PC past it (x1 is left).
+                let _ = Vmm::set(Reg::PC, FAULT_LOOP + 4);
+            }
+            self.exits += 1;
+            if self.exits == WARMUP {
+                self.start = now;
+            }
+            if self.exits < WARMUP + ITERATIONS {
+                return MessageInfo::new(0, 0);
+            }
+            let tenths = u64::from(now.wrapping_sub(self.start)) * 10 / u64::from(ITERATIONS);
+            let name = if self.phase == 0 { "guest_hvc" } else { "guest_stage2_fault" };
+            debug_println!("BENCH {name} {}.{}", tenths / 10, tenths % 10);
+            self.exits = 0;
+            self.phase += 1;
+            if self.phase == 1 {
+                let _ = Vmm::set(Reg::PC, FAULT_LOOP);
+                return MessageInfo::new(0, 0);
+            }
+            debug_println!("BENCH_DONE");
+            debug_println!("TEST_PASS");
+            None
+        }
+    }
+
     enum Role {
         Hyp(Hyp),
         Vmm(Vmm),
+        Bench(Bench),
     }
 
     fn init() -> Role {
@@ -393,6 +466,9 @@ mod pd {
                 debug_println!("# hyp: the patched mm configuration does not decode");
             }
             return Role::Hyp(Hyp { config });
+        }
+        if pd_name() == "bench" {
+            return Role::Bench(Bench::start());
         }
         let mut vmm = Vmm { step: 0, failed: 0 };
         vmm.start();
@@ -426,11 +502,14 @@ mod pd {
             child: Child,
             msg_info: MessageInfo,
         ) -> Result<Option<MessageInfo>, Self::Error> {
-            let Role::Vmm(vmm) = self else { return Ok(None) };
             if child != GUEST {
                 return Ok(None);
             }
-            Ok(vmm.exit(msg_info.label()))
+            Ok(match self {
+                Role::Vmm(vmm) => vmm.exit(msg_info.label()),
+                Role::Bench(bench) => bench.exit(),
+                Role::Hyp(_) => None,
+            })
         }
     }
 
