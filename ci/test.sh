@@ -75,6 +75,7 @@ check "clippy (PDs, aarch64-unknown-none)" \
     cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
     -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
     -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd -p tenure-passive-pd -p tenure-vcpu-pd \
+    -p tenure-mm -p tenure-mm-suite-pd \
     --target aarch64-unknown-none -- -D warnings
 check "clippy (test guest, aarch64-unknown-none)" \
     cargo clippy -p tenure-test-guest --target aarch64-unknown-none -- -D warnings

@@ -12,17 +12,20 @@
 //!  ...                          recorded in the ledger, up to base + bytes
 //! ```
 
+use hyp_mm::desc::level_size;
 use hyp_mm::{Geometry, Ipa, IpaRange, OwnerId, PAGE_SIZE, PhysAddr, VmId};
+use tenure_abi::mm_config;
+use tenure_abi::vcpu::{WINDOW_IPA, WINDOW_SIZE};
 
 /// Most guests one memory manager serves: a fixed capacity, as mm
-/// allocates nothing; raise it with the systems that need more.
-pub const MAX_GUESTS: usize = 8;
+/// allocates nothing; the configuration's layout fixes it.
+pub const MAX_GUESTS: usize = mm_config::MAX_GUESTS;
 /// Most clients (PDs with a channel to mm), likewise.
-pub const MAX_CLIENTS: usize = 8;
+pub const MAX_CLIENTS: usize = mm_config::MAX_CLIENTS;
 /// Most RAM ranges one guest declares.
-pub const MAX_RAM_RANGES: usize = 4;
+pub const MAX_RAM_RANGES: usize = mm_config::MAX_RAM_RANGES;
 /// Most passthrough device ranges one guest declares.
-pub const MAX_DEVICE_RANGES: usize = 8;
+pub const MAX_DEVICE_RANGES: usize = mm_config::MAX_DEVICE_RANGES;
 /// Components of the ledger: the default owner, every guest, every window.
 pub const COMPONENTS: usize = 1 + MAX_GUESTS + MAX_CLIENTS;
 /// The geometry of every table mm keeps: 40-bit IPA (the guests' and the
@@ -31,7 +34,24 @@ pub const GEOMETRY: Geometry = Geometry::IPA_40;
 /// Pages of one root (two concatenated level-1 tables).
 pub const ROOT_PAGES: usize = GEOMETRY.root_pages();
 /// Pages at the pool's base that hold the roots: one per component.
-pub const ROOT_AREA_PAGES: usize = COMPONENTS * ROOT_PAGES;
+pub const ROOT_AREA_PAGES: usize = mm_config::ROOT_AREA_PAGES as usize;
+const _: () = assert!(ROOT_AREA_PAGES == COMPONENTS * ROOT_PAGES, "one root per component");
+const _: () = assert!(mm_config::POOL_ALIGN == GEOMETRY.root_bytes(), "roots need their size");
+
+/// Bytes at the end of a window's gigabyte that mm keeps for itself: one
+/// level-2 block, annotated with [`ANCHOR_OWNER`] when the window is made.
+/// The kernel links the window's level-2 table into the client's own
+/// table once, at start; hyp-mm frees a table that holds only zeroes, so
+/// this one non-zero entry keeps the table alive however the window fills
+/// and empties. The anchor costs IPA space, no memory: a block needs no
+/// level-3 table.
+pub const ANCHOR_BYTES: u64 = level_size(2);
+/// The owner the anchor is annotated with: a component id no table has,
+/// so no request can name, move or map it.
+pub const ANCHOR_OWNER: OwnerId = OwnerId(u16::MAX);
+/// What a window's level-2 table spans: one level-1 entry.
+pub const WINDOW_SPAN: u64 = level_size(1);
+const _: () = assert!(WINDOW_SPAN == WINDOW_SIZE, "the kernel links one level-1 entry");
 
 /// A client of mm: the index of the channel's entry in [`Config::clients`].
 /// The PD's `protected` entry maps the channel a call arrives on to it, so
@@ -179,12 +199,16 @@ pub const fn client_owner(id: ClientId) -> OwnerId {
 /// Why a memory manager could not start.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SetupError {
+    /// The words the tool patched are not a configuration
+    /// ([`mm_config::MmConfig::decode`] says why).
+    Words(mm_config::MmConfigError),
     /// The pool is misaligned, too small for its roots and table pages, or
     /// not page sized.
     Pool,
     /// A guest's controller is undeclared, a window or device range is
-    /// malformed, a device range overlaps managed memory, or two tables
-    /// share a VMID.
+    /// malformed (a window must lie in one gigabyte, clear of its anchor),
+    /// a device range overlaps managed memory, a VM index is past
+    /// [`MAX_GUESTS`], or two tables share a VMID.
     Config,
     /// The table pages cannot fill the first cache.
     TableMemory,
@@ -247,5 +271,83 @@ impl PoolLayout {
     #[must_use]
     pub fn pool(&self) -> (PhysAddr, u64) {
         (self.base, self.pages * PAGE_SIZE)
+    }
+}
+
+/// How the kernel names a client: the channel its calls arrive on (mm's
+/// end) and its PD's index, which `LINK_WINDOW` takes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ClientLink {
+    /// mm's end of the client's channel.
+    pub channel: u8,
+    /// The client PD's index in system.xml order.
+    pub pd: u8,
+}
+
+/// Everything system.xml declares for the mm PD, decoded from the words
+/// the tool patched into it (`tenure_abi::mm_config`): the manager's
+/// configuration and pool, where the pool is mapped in mm, and the
+/// kernel's names for the clients. Guest `g` of the protocol is the VM of
+/// index `g - 1`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Declared {
+    /// The manager's configuration.
+    pub config: Config,
+    /// The pool's parts.
+    pub layout: PoolLayout,
+    /// Where the pool's first byte is mapped in mm's address space.
+    pub pool_vaddr: u64,
+    /// The clients, by [`ClientId`].
+    pub clients: [Option<ClientLink>; MAX_CLIENTS],
+}
+
+impl Declared {
+    /// Decodes and checks `words`. Never panics.
+    pub fn decode(words: &[u64]) -> Result<Declared, SetupError> {
+        let abi = mm_config::MmConfig::decode(words).map_err(SetupError::Words)?;
+        let pool = abi.pool;
+        let layout = PoolLayout::new(PhysAddr::new(pool.base), pool.size, pool.table_pages)?;
+        let mut config = Config::default();
+        let mut clients = [None; MAX_CLIENTS];
+        // The usable part of every window: its gigabyte but the anchor.
+        let window = IpaRange::new(Ipa::new(WINDOW_IPA), WINDOW_SIZE - ANCHOR_BYTES)
+            .ok_or(SetupError::Config)?;
+        for (i, c) in abi.clients().iter().enumerate() {
+            let vmid = VmId(c.vmid.into());
+            config.clients[i] =
+                Some(ClientConfig { window: c.window.then_some(Window { vmid, range: window }) });
+            clients[i] = Some(ClientLink { channel: c.channel, pd: c.pd });
+        }
+        for g in abi.guests() {
+            let mut guest = GuestConfig::new(VmId(g.vmid.into()), ClientId(g.controller));
+            for r in g.ram() {
+                let range = IpaRange::new(Ipa::new(r.ipa), r.size).ok_or(SetupError::Config)?;
+                guest = guest.with_ram(range).ok_or(SetupError::Config)?;
+            }
+            for d in g.devices() {
+                let ipa = IpaRange::new(Ipa::new(d.ipa), d.size).ok_or(SetupError::Config)?;
+                let device = DeviceRange { ipa, pa: PhysAddr::new(d.pa) };
+                guest = guest.with_device(device).ok_or(SetupError::Config)?;
+            }
+            let slot = config.guests.get_mut(usize::from(g.vm)).ok_or(SetupError::Config)?;
+            *slot = Some(guest);
+        }
+        Ok(Declared { config, layout, pool_vaddr: pool.vaddr, clients })
+    }
+
+    /// The client whose calls arrive on `channel`.
+    #[must_use]
+    pub fn client_on(&self, channel: usize) -> Option<ClientId> {
+        let at = self
+            .clients
+            .iter()
+            .position(|c| c.is_some_and(|c| usize::from(c.channel) == channel))?;
+        Some(ClientId(at as u8))
+    }
+
+    /// The PD index of client `id`.
+    #[must_use]
+    pub fn pd_of(&self, id: ClientId) -> Option<u8> {
+        Some(self.clients.get(usize::from(id.0))?.as_ref()?.pd)
     }
 }

@@ -36,14 +36,16 @@ pub trait Stage2Control {
     /// may take the table apart.
     fn uninstall(&mut self, guest: GuestId, vmid: VmId);
 
-    /// Makes PD `client` (whose VMID is `vmid`) translate `window` through
-    /// the table at `root` that mm owns; done once, at start.
+    /// Makes PD `client` (whose VMID is `vmid`) translate `span`, the one
+    /// gigabyte of its address space a level-1 entry covers, through the
+    /// level-2 table at `table` that mm owns and never frees; done once,
+    /// at start.
     fn link_window(
         &mut self,
         client: ClientId,
         vmid: VmId,
-        window: IpaRange,
-        root: PhysAddr,
+        span: IpaRange,
+        table: PhysAddr,
     ) -> Result<(), Refused>;
 
     /// Invalidates the stage-2 and combined stage-1+2 TLB entries of `vmid`

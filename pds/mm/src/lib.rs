@@ -3,16 +3,18 @@
 //! guest memory pool, and it serves the mm protocol
 //! ([`tenure_abi::mm`]).
 //!
-//! The mm PD serves this library from its `protected` entry: it maps the
-//! channel a call arrives on to a [`ClientId`], hands the label and message
-//! words to [`Manager::dispatch`], and replies with the label and words it
-//! returns. Table memory is reached through hyp-mm's [`hyp_mm::MmOps`] (on
-//! the target, [`PoolOps`] over `window::Window`, a window of the PD's
-//! address space onto the pool at a fixed offset); the kernel's part (installing guest roots, TLB
+//! The mm PD (`src/main.rs`, the `mm` binary) serves this library from its
+//! `protected` entry: it decodes what system.xml declares for it
+//! ([`Declared`]), maps the channel a call arrives on to a [`ClientId`],
+//! hands the label and message words to [`Manager::dispatch`], and replies
+//! with the label and words it returns. Table memory is reached through
+//! hyp-mm's [`hyp_mm::MmOps`] (on the target, [`PoolOps`] over
+//! `window::Window`, the PD's own mapping of the pool at a fixed offset);
+//! the kernel's part (installing guest roots, linking windows, TLB
 //! invalidation, cache cleaning) through [`Stage2Control`], which the PD
-//! implements over its stage-2 control capability. The PD's binary comes
-//! with that capability; until then this crate is a library, tested on the
-//! host with hyp-mm's host arena and a recording [`Stage2Control`].
+//! implements over its stage-2 control capability. Everything but that
+//! binary and `window` is tested on the host with hyp-mm's host arena and
+//! a recording [`Stage2Control`].
 //!
 //! Invariants: a refused request changes no table, no ledger record and no
 //! data page; every page that leaves a guest is zeroed and cleaned to the
@@ -32,7 +34,8 @@ mod tests;
 pub mod window;
 
 pub use config::{
-    ClientConfig, ClientId, Config, DeviceRange, GuestConfig, PoolLayout, SetupError, Window,
+    ClientConfig, ClientId, ClientLink, Config, Declared, DeviceRange, GuestConfig, PoolLayout,
+    SetupError, Window,
 };
 pub use control::{Refused, Stage2Control};
 pub use manager::Manager;

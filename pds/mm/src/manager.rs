@@ -22,15 +22,15 @@
 //! memory, not contiguous, already mapped) where the pages show why.
 
 use crate::config::{
-    COMPONENTS, ClientId, Config, GEOMETRY, GuestConfig, MAX_CLIENTS, MAX_GUESTS, PoolLayout,
-    ROOT_PAGES, SetupError, Window, client_owner, guest_owner,
+    ANCHOR_BYTES, ANCHOR_OWNER, COMPONENTS, ClientId, Config, GEOMETRY, GuestConfig, MAX_CLIENTS,
+    MAX_GUESTS, PoolLayout, ROOT_PAGES, SetupError, WINDOW_SPAN, Window, client_owner, guest_owner,
 };
 use crate::control::{Batch, Batched, Stage2Control};
 use hyp_mm::desc::{FIRST_BLOCK_LEVEL, LAST_LEVEL, level_size};
 use hyp_mm::owner::PageView;
 use hyp_mm::{
-    Ipa, IpaRange, MemCache, MmOps, OwnerId, PAGE_SIZE, PageState, PhysAddr, Prot, Stage2,
-    TableKind, Transfer, VmId,
+    Annotation, Ipa, IpaRange, MemCache, MmOps, OwnerId, PAGE_SIZE, PageState, PhysAddr, Prot,
+    Stage2, TableKind, Transfer, VmId,
 };
 use tenure_abi::mm::{
     Access, Direction, FaultAddr, GuestId, MAX_REPLY_WORDS, Message, MmError, Outcome, PageInfo,
@@ -99,7 +99,8 @@ fn tables_for(pages: u64) -> usize {
 impl<M: MmOps, K: Stage2Control> Manager<M, K> {
     /// Starts a memory manager over `layout`'s pool, whose root area holds
     /// zeroes and whose table pages `mem`'s page source hands out (and no
-    /// other page); creates and links every client's window table.
+    /// other page); creates every client's window table, anchors its
+    /// level-2 table and has the kernel link that into the client.
     pub fn new(
         mut mem: M,
         mut control: K,
@@ -112,6 +113,8 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
             .map_err(|_| SetupError::Pool)?;
         let mut own =
             hyp_mm::Ownership::new(ledger, layout.managed()).map_err(|_| SetupError::Pool)?;
+        let mut cache = MemCache::new();
+        let mut batch = Batch::new();
         for (i, client) in config.clients.iter().enumerate() {
             let Some(Window { vmid, range }) = client.as_ref().and_then(|c| c.window) else {
                 continue;
@@ -119,15 +122,30 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
             let id = ClientId(i as u8);
             let owner = client_owner(id);
             let root = root_of(roots, owner);
-            let table = Stage2::new(GEOMETRY, root, vmid, TableKind::Component)
+            let mut table = Stage2::new(GEOMETRY, root, vmid, TableKind::Component)
                 .map_err(|_| SetupError::Pool)?;
+            // The window's level-2 table, kept alive by its anchor (see
+            // `ANCHOR_BYTES`), is what the kernel links into the client.
+            let span = window_span(range).ok_or(SetupError::Config)?;
+            let anchor = IpaRange::new(span.start().add(WINDOW_SPAN - ANCHOR_BYTES), ANCHOR_BYTES)
+                .ok_or(SetupError::Config)?;
+            let mark = Annotation::new(ANCHOR_OWNER, 0).map_err(|_| SetupError::Config)?;
+            cache.topup(&mut mem, CACHE_PAGES).map_err(|_| SetupError::TableMemory)?;
+            let mut ops = Batched { mem: &mut mem, control: &mut control, batch: &mut batch };
+            table.annotate(&mut ops, &mut cache, anchor, mark).map_err(|_| SetupError::Config)?;
+            let entry = mem.read(root, GEOMETRY.index(span.start(), GEOMETRY.start_level()));
+            if !entry.is_table(GEOMETRY.start_level()) {
+                return Err(SetupError::Config);
+            }
             own.add_component(owner, table).map_err(|_| SetupError::Config)?;
-            control.link_window(id, vmid, range, root).map_err(|_| SetupError::Kernel)?;
+            control.link_window(id, vmid, span, entry.addr()).map_err(|_| SetupError::Kernel)?;
         }
-        let mut cache = MemCache::new();
+        // Nothing was valid before the anchors: the batch holds nothing
+        // the kernel must hear of, but sending it costs nothing.
+        batch.send(&mut control);
         cache.topup(&mut mem, CACHE_PAGES).map_err(|_| SetupError::TableMemory)?;
         let rover = layout.managed().start().raw();
-        Ok(Manager { mem, control, own, cache, batch: Batch::new(), config, roots, rover })
+        Ok(Manager { mem, control, own, cache, batch, config, roots, rover })
     }
 
     /// Serves one PPC: `caller` is the client the channel belongs to,
@@ -711,6 +729,15 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
         }
         code(error)
     }
+}
+
+/// The gigabyte (one level-1 entry) a window lies in, if it lies in one
+/// and clear of the anchor at the gigabyte's end.
+fn window_span(range: IpaRange) -> Option<IpaRange> {
+    let start = range.start().align_down(WINDOW_SPAN);
+    let usable = IpaRange::new(start, WINDOW_SPAN - ANCHOR_BYTES)?;
+    usable.covers(range.start().raw(), range.size()).then_some(())?;
+    IpaRange::new(start, WINDOW_SPAN)
 }
 
 /// The root slot of component `owner` in the root area: slot 0 is the

@@ -124,10 +124,11 @@ impl Stage2Control for Kernel {
         &mut self,
         client: ClientId,
         vmid: VmId,
-        _window: IpaRange,
-        root: PhysAddr,
+        span: IpaRange,
+        table: PhysAddr,
     ) -> Result<(), Refused> {
-        self.log.push(Op::Link(client.0, vmid, root));
+        assert_eq!(span.size(), 1 << 30, "a window is linked as one level-1 entry");
+        self.log.push(Op::Link(client.0, vmid, table));
         Ok(())
     }
     fn invalidate_range(&mut self, vmid: VmId, range: IpaRange) {
@@ -206,12 +207,19 @@ impl World {
     fn sized(table_pages: u64, pool_pages: u64) -> World {
         let pool_bytes = (ROOT_AREA_PAGES as u64 + table_pages + pool_pages) * PAGE_SIZE;
         let layout = PoolLayout::new(PhysAddr::new(BASE), pool_bytes, table_pages).unwrap();
+        World::over(layout, config())
+    }
+
+    /// A manager over `layout` (at `BASE`) serving `config`.
+    fn over(layout: PoolLayout, config: Config) -> World {
+        let table_pages = layout.table_pages();
+        let pool_pages = layout.managed().page_count();
         let mut arena = Arena::new(PhysAddr::new(BASE), ROOT_AREA_PAGES + table_pages as usize);
         assert_eq!(arena.alloc_contiguous(ROOT_AREA_PAGES), Some(layout.roots()));
         let data = vec![0x5a5a_5a5a_5a5a_5a5a; pool_pages as usize * 512];
         let data_base = layout.managed().start().raw();
         let mem = TestMem { arena, data_base, data, zeroed: Vec::new() };
-        let m = Manager::new(mem, Kernel::default(), &layout, config()).unwrap();
+        let m = Manager::new(mem, Kernel::default(), &layout, config).unwrap();
         World { m }
     }
 
@@ -823,5 +831,102 @@ mod garbage {
                 }
             }
         }
+    }
+}
+
+mod declared {
+    use super::*;
+    use crate::config::{ANCHOR_BYTES, ClientLink, Declared, SetupError};
+    use tenure_abi::mm_config::{self, MmConfig};
+    use tenure_abi::vcpu::{WINDOW_IPA, WINDOW_SIZE};
+
+    /// What the tool would patch for a VMM (PD 3, channel 5) and a client
+    /// without a window (PD 1, channel 0), and one guest, VM 1.
+    fn words() -> [u64; mm_config::WORDS] {
+        let pool_bytes = (ROOT_AREA_PAGES as u64 + TABLE_PAGES + POOL_PAGES) * PAGE_SIZE;
+        let pool =
+            mm_config::Pool { base: BASE, size: pool_bytes, vaddr: 0x1000_0000, table_pages: 128 };
+        let mut c = MmConfig::new(pool);
+        c.add_client(mm_config::Client { channel: 5, vmid: 4, window: true, pd: 3 }).unwrap();
+        c.add_client(mm_config::Client { channel: 0, vmid: 2, window: false, pd: 1 }).unwrap();
+        let mut guest = mm_config::Guest::new(1, 9, 0);
+        guest.add_ram(mm_config::RamRange { ipa: RAM, size: 8 << 20 }).unwrap();
+        guest
+            .add_device(mm_config::DeviceRange { ipa: UART, pa: UART_PA, size: PAGE_SIZE })
+            .unwrap();
+        c.add_guest(guest).unwrap();
+        c.encode().unwrap()
+    }
+
+    #[test]
+    fn the_patched_words_become_the_managers_configuration() {
+        let d = Declared::decode(&words()).unwrap();
+        assert_eq!(d.pool_vaddr, 0x1000_0000);
+        assert_eq!(d.layout.roots(), PhysAddr::new(BASE));
+        assert_eq!(d.layout.table_pages(), TABLE_PAGES);
+        assert_eq!(d.client_on(5), Some(ClientId(0)));
+        assert_eq!(d.client_on(0), Some(ClientId(1)));
+        assert_eq!(d.client_on(1), None);
+        assert_eq!(
+            (d.pd_of(ClientId(0)), d.pd_of(ClientId(1)), d.pd_of(ClientId(2))),
+            (Some(3), Some(1), None)
+        );
+        assert_eq!(d.clients[0], Some(ClientLink { channel: 5, pd: 3 }));
+        let window = d.config.client(ClientId(0)).unwrap().window.unwrap();
+        assert_eq!(window.vmid, VmId(4));
+        assert_eq!(window.range, range(WINDOW_IPA, WINDOW_SIZE - ANCHOR_BYTES));
+        assert_eq!(d.config.client(ClientId(1)).unwrap().window, None);
+        assert!(d.config.guest(1).is_none(), "guest ids are VM index + 1");
+        let guest = d.config.guest(2).unwrap();
+        assert_eq!((guest.vmid, guest.controller), (VmId(9), ClientId(0)));
+        assert!(guest.ram_covers(RAM, 8 << 20) && !guest.ram_covers(RAM, 9 << 20));
+        assert_eq!(guest.device_at(UART).map(|d| d.pa), Some(PhysAddr::new(UART_PA)));
+    }
+
+    #[test]
+    fn bad_words_are_refused_with_the_reason() {
+        let mut w = words();
+        w[0] = 0;
+        assert_eq!(
+            Declared::decode(&w),
+            Err(SetupError::Words(mm_config::MmConfigError::BadMagic))
+        );
+        assert_eq!(
+            Declared::decode(&w[..3]),
+            Err(SetupError::Words(mm_config::MmConfigError::Truncated))
+        );
+        // A VM index past what mm serves.
+        let mut w = words();
+        w[39] = mm_config::MAX_GUESTS as u64;
+        assert_eq!(Declared::decode(&w), Err(SetupError::Config));
+    }
+
+    #[test]
+    fn a_window_keeps_its_linked_table_while_it_empties() {
+        let d = Declared::decode(&words()).unwrap();
+        let mut w = World::over(d.layout, d.config);
+        let links: Vec<Op> =
+            w.m.control().log.iter().copied().filter(|o| matches!(o, Op::Link(..))).collect();
+        let [Op::Link(0, VmId(4), table)] = links[..] else { panic!("{links:?}") };
+        let root = w.m.ownership().component(OwnerId(9)).unwrap().root();
+        let entry = (WINDOW_IPA >> 30) as usize;
+        assert_eq!(w.m.mem().read(root, entry), Pte::table(table), "the linked level-2 table");
+        let last = WINDOW_IPA + WINDOW_SIZE - ANCHOR_BYTES - PAGE_SIZE;
+        for ipa in [WINDOW_IPA, last] {
+            w.ok(0, populate(Target::Caller, ipa));
+            assert_eq!(w.state(0, Target::Caller, ipa), PageState::Owned);
+            w.ok(0, Request::Relinquish { target: Target::Caller, range: pages(ipa, 1) });
+            assert_eq!(w.m.mem().read(root, entry), Pte::table(table), "still linked");
+            assert!(w.m.mem().page_count(table) >= 2, "the anchor keeps it counted");
+        }
+        // The anchor is mm's: no request reaches it.
+        let anchor = WINDOW_IPA + WINDOW_SIZE - ANCHOR_BYTES;
+        w.refused(0, populate(Target::Caller, anchor), MmError::NotDeclared);
+        assert_eq!(w.state(0, Target::Caller, anchor), PageState::NoPage, "no page to see");
+        w.refused(1, populate(Target::Caller, WINDOW_IPA), MmError::NotDeclared);
+        w.ok(0, Request::CreateGuest { guest: g(2) });
+        w.ok(0, populate(Target::Guest(g(2)), RAM));
+        w.ok(0, Request::Teardown { guest: g(2) });
+        assert_eq!(w.m.mem().read(root, entry), Pte::table(table), "teardown leaves it");
     }
 }

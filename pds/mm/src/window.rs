@@ -5,6 +5,9 @@
 //! PD IPA (= VA, stage 1 off)        physical
 //! pa + offset    <-- window -->     pa, for every pa of the pool
 //! ```
+//!
+//! The offset is the pool's address in the PD minus its physical base,
+//! modulo 2^64: the pool may be mapped below where it lies.
 #![allow(unsafe_code, reason = "the one place the window's addresses become memory accesses")]
 
 use crate::config::PoolLayout;
@@ -23,7 +26,8 @@ impl Window {
     /// # Safety
     ///
     /// Every byte of the pool must be mapped read-write, as Normal
-    /// cacheable memory, at its physical address plus `offset` in this PD,
+    /// cacheable memory, at its physical address plus `offset` (modulo
+    /// 2^64) in this PD,
     /// for as long as the value lives; nothing else in the PD may access
     /// that range; and only one `Window` may exist for it.
     #[must_use]
@@ -38,7 +42,7 @@ impl Window {
             pa >= self.start && pa < self.end && pa.is_multiple_of(8),
             "{pa:#x} is not a word of the pool"
         );
-        (pa + self.offset) as *mut u64
+        pa.wrapping_add(self.offset) as *mut u64
     }
 }
 
