@@ -52,8 +52,14 @@ clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p hyp-mm -p tenure-abi -p tenure-boot-image --target $(TARGET) -- -D warnings
 	cargo clippy -p tenure-kernel --target $(KERNEL_TARGET) -- -D warnings
-	cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
-	    -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink --target $(TARGET) -- -D warnings
+	cargo clippy $(LINTED_PDS) --target $(TARGET) -- -D warnings
+
+# Every crate built for the target besides the kernel: PDs, suite PDs and
+# the test guest (as ci/test.sh lints them).
+LINTED_PDS := -p tenure-serial -p tenure-mm -p tenure-vmm -p tenure-example-ping \
+	-p tenure-example-pong -p tenure-ipc-driver -p tenure-ipc-echo -p tenure-ipc-deep \
+	-p tenure-ipc-sink -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd \
+	-p tenure-passive-pd -p tenure-vcpu-pd -p tenure-mm-suite-pd -p tenure-test-guest
 
 # cargo-fuzz needs a nightly toolchain (sanitizer flags).
 fuzz: setup

@@ -5,7 +5,7 @@
 # "setup: ok" (only that line when everything was already present). Runs as root with no
 # stdin (CI), on Debian 12 with rustup installed.
 #
-#   TENURE_NEED_QEMU=1   also ensure QEMU >= 9.0 (needed by target tests)
+#   TENURE_NEED_QEMU=1   also ensure QEMU >= 9.0 and dtc (needed by target tests)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -70,9 +70,19 @@ ensure_qemu() {
     qemu-system-aarch64 --version | head -n 1
 }
 
+# dtc and fdtput compile the test guest's device tree (guest-images/dtb.sh).
+ensure_dtc() {
+    command -v dtc >/dev/null && command -v fdtput >/dev/null && return 0
+    export DEBIAN_FRONTEND=noninteractive
+    say "installing device-tree-compiler"
+    apt-get -qq update </dev/null >/dev/null
+    apt-get install -y -qq device-tree-compiler </dev/null >/dev/null
+}
+
 ensure_rust
 if [[ ${TENURE_NEED_QEMU:-0} == 1 ]]; then
     ensure_qemu
+    ensure_dtc
 fi
 
 echo "setup: ok"

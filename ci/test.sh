@@ -72,10 +72,11 @@ check "clippy (kernel, aarch64-unknown-none-softfloat)" \
     cargo clippy -p tenure-kernel --target aarch64-unknown-none-softfloat -- -D warnings
 # PD crates: their code is target-only (cfg(target_os = "none")).
 check "clippy (PDs, aarch64-unknown-none)" \
-    cargo clippy -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
+    cargo clippy -p tenure-serial -p tenure-example-ping -p tenure-example-pong -p tenure-ipc-driver \
     -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
     -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd -p tenure-passive-pd -p tenure-vcpu-pd \
     -p tenure-mm -p tenure-mm-suite-pd \
+    -p tenure-vmm \
     --target aarch64-unknown-none -- -D warnings
 check "clippy (test guest, aarch64-unknown-none)" \
     cargo clippy -p tenure-test-guest --target aarch64-unknown-none -- -D warnings
@@ -185,6 +186,10 @@ parentless_fault_reported() {
 # so KERNEL_ELF is the plain kernel they pack.
 KNOWN_FAILING=()
 mkdir -p build/systems
+# The guest suite packs workspace PDs (serial, mm, vmm) and the test
+# guest's Image and device tree from build/guest-images/, which its
+# prepare.sh builds (with the suite's bootargs).
+check "build the guest suite's PDs, guest image and device tree" ci/systems/guest/prepare.sh
 if check "build the kernel for the system suites" \
     cargo build -q -p tenure-kernel --target "$KERNEL_TARGET" --release; then
     for dir in ci/systems/*/; do

@@ -282,6 +282,9 @@ fn run_suite(
     let image = out.join(format!("{}.img", board.name));
     let mut search_paths = options.search_paths.clone();
     search_paths.push(PathBuf::from(TARGET_RELEASE));
+    // Where guest-images/build.sh and dtb.sh put guest images and device
+    // trees, for the guest suites' prefilled regions.
+    search_paths.push(PathBuf::from("build/guest-images"));
     let pack_options = Options {
         input: Some(system.to_path_buf()),
         board: Some(board.name.into()),

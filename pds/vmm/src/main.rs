@@ -1,0 +1,302 @@
+//! The VMM PD: boots one guest of one vCPU and serves its exits with the
+//! library's [`tenure_vmm::Vmm`].
+//!
+//! Its system.xml contract:
+//!
+//! - one `virtual_machine` with one `vcpu` whose `setvar_id` is
+//!   `guest_vcpu` (its id, the child id of its faults), and the VM's RAM as
+//!   the guest's device tree declares it in `/memory`; the VM is the first
+//!   in system.xml: its mm guest id is 1 (VM index + 1);
+//! - a `pp` channel end with id 0 to the memory manager (the VMM is its
+//!   client, with a window);
+//! - the guest's arm64 Image and device tree in read-only regions with a
+//!   `prefill_path`, mapped with `setvar_vaddr` / `setvar_prefill_size`
+//!   `guest_image` / `guest_image_size` and `guest_dtb` /
+//!   `guest_dtb_size`;
+//! - a serial client region at `setvar_vaddr` `serial_region`, channel 1
+//!   to the serial PD (the guest's console goes there, labelled with the
+//!   VMM's name).
+//!
+//! `init` creates the guest with mm, loads it ([`tenure_vmm::boot`]), sets
+//! the boot registers and restarts the vCPU. `fault` turns each exit into
+//! the library's decision and resumes the guest unless it stopped. A test
+//! guest's TAP goes to the kernel's console with the VMM's own checks
+//! added ([`tenure_vmm::selftest`]).
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod pd {
+    use core::fmt::{self, Write};
+    use microkit::{Channel, Child, Handler, MessageInfo, Vcpu, get_mr, protection_domain, var};
+    use tenure_abi::mm::GuestId;
+    use tenure_abi::vcpu::WINDOW_IPA;
+    use tenure_serial::client::{Writer, region_at};
+    use tenure_serial::region::Region;
+    use tenure_vmm::boot::{self, BootError};
+    use tenure_vmm::exit;
+    use tenure_vmm::fdt;
+    use tenure_vmm::selftest::{Route, SelfTest};
+    use tenure_vmm::{Console, Decision, Halt, Layout, Vmm, VmmError};
+
+    /// The protected procedure calls to mm.
+    const MM: Channel = Channel::new(0);
+    /// Notifications to the serial PD.
+    const SERIAL: Channel = Channel::new(1);
+    /// The mm guest id of the first VM (VM index + 1).
+    const GUEST: u16 = 1;
+
+    /// The kernel's console, unlabelled: where a suite's runner reads TAP.
+    struct KernelConsole;
+
+    impl Write for KernelConsole {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            microkit::sys::debug_print(format_args!("{s}"));
+            Ok(())
+        }
+    }
+
+    /// The guest's console and the VMM's own lines: the serial PD,
+    /// labelled, but for a test guest's TAP.
+    struct GuestConsole {
+        region: &'static Region,
+        selftest: SelfTest,
+    }
+
+    impl GuestConsole {
+        fn writer(&self) -> Writer<'static, impl FnMut()> {
+            Writer::new(self.region, || SERIAL.notify())
+        }
+
+        /// One line of the VMM's own.
+        fn say(&self, args: fmt::Arguments<'_>) {
+            let mut w = self.writer();
+            let _ = w.write_fmt(args);
+            let _ = w.write_str("\n");
+        }
+    }
+
+    impl Console for GuestConsole {
+        fn write(&mut self, bytes: &[u8]) {
+            let tap = |bytes: &[u8]| {
+                let text = core::str::from_utf8(bytes).unwrap_or("?\n");
+                let _ = KernelConsole.write_str(text);
+            };
+            match self.selftest.route(bytes) {
+                Route::Console => self.writer().write_bytes(bytes),
+                Route::Tap => tap(bytes),
+                Route::Plan(n) => {
+                    let _ = writeln!(KernelConsole, "1..{n}");
+                }
+                Route::Withheld => {}
+            }
+        }
+    }
+
+    /// The guest's files, as the tool prefilled them.
+    struct Files {
+        image: &'static [u8],
+        dtb: &'static [u8],
+    }
+
+    fn files() -> Files {
+        let region = |addr: usize, len: usize| -> &'static [u8] {
+            if addr == 0 {
+                return &[];
+            }
+            // SAFETY: system.xml maps the region read-only at `addr` for
+            // the PD's life, prefilled with a file of `len` bytes (the
+            // tool patches both); nothing writes it.
+            unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+        };
+        Files {
+            image: region(*var!(guest_image: usize = 0), *var!(guest_image_size: usize = 0)),
+            dtb: region(*var!(guest_dtb: usize = 0), *var!(guest_dtb_size: usize = 0)),
+        }
+    }
+
+    /// Copies `bytes` (at most a page) to `window`, a page of the VMM's
+    /// window that mm has just populated.
+    fn write_window(window: u64, bytes: &[u8]) {
+        // SAFETY: mm mapped the page at `window` read-write for this PD
+        // (its Populate succeeded), and nothing else of the PD uses the
+        // window; `bytes` is at most a page and lies in a prefilled region.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), window as *mut u8, bytes.len()) };
+    }
+
+    /// Reads the first word of a page of the VMM's window that mm reports
+    /// borrowed (shared) from the guest.
+    fn read_window(window: u64) -> u64 {
+        // SAFETY: mm's Query said the page at `window` is shared with this
+        // PD, read-write; the address is page aligned.
+        unsafe { core::ptr::read_volatile(window as *const u64) }
+    }
+
+    struct VmmPd {
+        /// `None` if the guest could not be started.
+        vmm: Option<Vmm>,
+        vcpu: Vcpu,
+        mm: Channel,
+        console: GuestConsole,
+        files: Files,
+    }
+
+    fn init() -> VmmPd {
+        // SAFETY: system.xml maps this PD's serial client region at
+        // `serial_region` (the contract in the module docs).
+        let region = unsafe { region_at(*var!(serial_region: usize = 0)) };
+        region.set_name(microkit::symbols::pd_name());
+        let vcpu = Vcpu::new(*var!(guest_vcpu: usize = 0));
+        let mut pd = VmmPd {
+            vmm: None,
+            vcpu,
+            mm: MM,
+            console: GuestConsole { region, selftest: SelfTest::new() },
+            files: files(),
+        };
+        match pd.start() {
+            Ok(vmm) => pd.vmm = Some(vmm),
+            Err(why) => pd.console.say(format_args!("cannot start the guest: {why}")),
+        }
+        pd
+    }
+
+    /// Why the guest did not start.
+    enum StartError {
+        Fdt(fdt::FdtError),
+        Layout(tenure_vmm::LayoutError),
+        Boot(BootError),
+        Vcpu(tenure_abi::Error),
+    }
+
+    impl fmt::Display for StartError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                StartError::Fdt(e) => f.write_str(e.describe()),
+                StartError::Layout(e) => write!(f, "the device tree's layout is unusable: {e:?}"),
+                StartError::Boot(e) => write!(f, "{e}"),
+                StartError::Vcpu(e) => write!(f, "the kernel refused the vCPU: {e:?}"),
+            }
+        }
+    }
+
+    impl VmmPd {
+        fn start(&mut self) -> Result<Vmm, StartError> {
+            let machine = fdt::machine(self.files.dtb).map_err(StartError::Fdt)?;
+            let layout = Layout {
+                guest: GuestId::new(GUEST).expect("1 is a guest id"),
+                ram: machine.ram,
+                pl011: machine.pl011,
+                gic_distributor: machine.gic_distributor,
+                passthrough: [None; tenure_vmm::layout::MAX_PASSTHROUGH],
+                window: WINDOW_IPA,
+            };
+            let vmm = Vmm::new(layout).map_err(StartError::Layout)?;
+            let (image, dtb) = (self.files.image, self.files.dtb);
+            let plan = boot::boot(&mut self.mm, &layout, image, dtb, write_window)
+                .map_err(StartError::Boot)?;
+            self.run(&plan)?;
+            self.console.say(format_args!(
+                "guest loaded: kernel at {:#x}..{:#x}, device tree at {:#x}",
+                plan.kernel, plan.kernel_end, plan.dtb
+            ));
+            Ok(vmm)
+        }
+
+        /// Sets the boot registers and starts the vCPU.
+        fn run(&mut self, plan: &tenure_vmm::loader::LoadPlan) -> Result<(), StartError> {
+            plan.boot.apply(&mut self.vcpu).map_err(StartError::Vcpu)?;
+            self.vcpu.restart(plan.boot.pc).map_err(StartError::Vcpu)
+        }
+
+        /// The guest stopped for good: the checks of a test guest, then the
+        /// sentinel.
+        fn finish(&mut self) {
+            let Some(vmm) = &self.vmm else { return };
+            let _ = self.console.selftest.finish(
+                vmm.layout(),
+                &mut self.mm,
+                read_window,
+                &mut KernelConsole,
+            );
+        }
+
+        fn stopped(&mut self, why: VmmError) {
+            self.console.say(format_args!("the guest stays stopped: {why:?}"));
+            self.finish();
+        }
+
+        fn halt(&mut self, halt: Halt) -> Option<MessageInfo> {
+            match halt {
+                Halt::PowerOff => self.console.say(format_args!("guest powered off")),
+                Halt::CpuOff => self.console.say(format_args!("guest powered off (CPU_OFF)")),
+                Halt::Reset => {
+                    let layout = *self.vmm.as_ref()?.layout();
+                    let (image, dtb) = (self.files.image, self.files.dtb);
+                    let result = boot::reboot(&mut self.mm, &layout, image, dtb, write_window)
+                        .map_err(StartError::Boot)
+                        .and_then(|plan| self.run(&plan));
+                    match result {
+                        Ok(()) => {
+                            self.console.say(format_args!("guest reset"));
+                            if let Some(vmm) = &mut self.vmm {
+                                vmm.reset(&mut self.console);
+                            }
+                        }
+                        Err(why) => {
+                            self.console.say(format_args!("cannot reset the guest: {why}"));
+                            self.finish();
+                        }
+                    }
+                    // Restarted (or not): the fault is not replied to.
+                    return None;
+                }
+            }
+            self.finish();
+            None
+        }
+    }
+
+    impl Handler for VmmPd {
+        type Error = core::convert::Infallible;
+
+        fn fault(
+            &mut self,
+            child: Child,
+            msg_info: MessageInfo,
+        ) -> Result<Option<MessageInfo>, Self::Error> {
+            let Some(vmm) = &mut self.vmm else { return Ok(None) };
+            if child.index() != self.vcpu.index() {
+                self.console.say(format_args!("fault of unknown child {}", child.index()));
+                return Ok(None);
+            }
+            let mrs = [get_mr(0), get_mr(1), get_mr(2), get_mr(3)];
+            let event = match exit::decode(msg_info.label(), mrs, &mut self.vcpu) {
+                Ok(event) => event,
+                Err(why) => {
+                    self.stopped(why);
+                    return Ok(None);
+                }
+            };
+            let decision = vmm.handle(event, &mut self.vcpu, &mut self.mm, &mut self.console);
+            match decision {
+                Ok(Decision::Halt(halt)) => Ok(self.halt(halt)),
+                Ok(decision) => {
+                    self.console.selftest.observe(&event, &decision, vmm.layout(), &mut self.mm);
+                    Ok(Some(MessageInfo::default()))
+                }
+                Err(why) => {
+                    vmm.flush_console(&mut self.console);
+                    self.stopped(why);
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    protection_domain!(init);
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("vmm is a protection domain: build it for aarch64-unknown-none");
+}
