@@ -36,8 +36,9 @@ help:
 setup:
 	@bash ci/setup.sh
 
-# Target suites and make run boot QEMU: have setup install it.
-test run bench: export TENURE_NEED_QEMU := 1
+# Target suites and make run boot QEMU, and make image compiles the
+# guest's device tree: have setup install QEMU and dtc.
+test run bench image: export TENURE_NEED_QEMU := 1
 
 test: setup
 	@bash ci/test.sh
@@ -70,17 +71,22 @@ fuzz: setup
 	cd boot-image && cargo +nightly fuzz run image -- -max_total_time=$(FUZZ_SECONDS)
 
 # The PD crates of the default system, built like the kernel.
-PDS := -p tenure-serial -p tenure-example-ping -p tenure-example-pong
+PDS := -p tenure-serial -p tenure-mm -p tenure-vmm -p tenure-example-ping -p tenure-example-pong
+# The default system's guest: the test guest, and the probes its device
+# tree's bootargs ask for (guest-images/README.md).
+GUEST_BOOTARGS := probes=print,meminfo,share,unshare,relinquish,hostile,outside,off expect=tenure
 # The default system for BOARD: the Raspberry Pi 4B has its own UART.
 SYSTEM := $(if $(filter rpi4b_%,$(BOARD)),system.rpi4b.xml,system.xml)
 
 image: setup
 	cargo build -q -p tenure-kernel --target $(KERNEL_TARGET) $(KERNEL_FLAGS)
 	cargo build -q $(PDS) --target $(TARGET) $(KERNEL_FLAGS)
+	guest-images/build.sh
+	guest-images/dtb.sh "$(GUEST_BOOTARGS)" build/guest-images/default.dtb
 	@mkdir -p $(dir $(IMAGE))
 	cargo run -q -p tenure-tool -- pack $(SYSTEM) --board $(BOARD) --config $(CONFIG) \
-	    --search-path target/$(TARGET)/$(KERNEL_PROFILE) --kernel $(KERNEL_ELF) \
-	    -o $(IMAGE) -r $(dir $(IMAGE))report.txt
+	    --search-path target/$(TARGET)/$(KERNEL_PROFILE) --search-path build/guest-images \
+	    --kernel $(KERNEL_ELF) -o $(IMAGE) -r $(dir $(IMAGE))report.txt
 
 run: image
 	cargo run -q -p tenure-tool -- run $(IMAGE) --board $(BOARD)

@@ -21,13 +21,19 @@ RELEASE_KERNEL_DIR=target/bench/release
 BENCH_KERNEL=$BENCH_KERNEL_DIR/$KERNEL_TARGET/release/tenure-kernel
 RELEASE_KERNEL=$RELEASE_KERNEL_DIR/$KERNEL_TARGET/release/tenure-kernel
 PDS=(-p tenure-bench-boot -p tenure-bench-client -p tenure-bench-pong -p tenure-bench-server
-     -p tenure-serial -p tenure-example-ping -p tenure-example-pong -p tenure-vcpu-pd)
+     -p tenure-serial -p tenure-example-ping -p tenure-example-pong -p tenure-vcpu-pd
+     -p tenure-mm -p tenure-vmm)
 
 echo "== kernel benchmarks: building"
 CARGO_TARGET_DIR=$BENCH_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $KERNEL_TARGET \
     --features benchmark
 CARGO_TARGET_DIR=$RELEASE_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $KERNEL_TARGET
 cargo build -q --release --target $TARGET "${PDS[@]}"
+# The default system's guest (its Image and device tree, as make image
+# builds them) for the default image's size.
+guest-images/build.sh >/dev/null
+guest-images/dtb.sh "$(sed -n 's/^GUEST_BOOTARGS := //p' Makefile)" build/guest-images/default.dtb \
+    >/dev/null
 cargo build -q -p tenure-tool
 TENURE=target/debug/tenure
 
@@ -38,7 +44,7 @@ RESULTS=$OUT/results.txt
 # pack SYSTEM CONFIG KERNEL IMAGE
 pack() {
     $TENURE pack "$1" --board $BOARD --config "$2" --search-path target/$TARGET/release \
-        --kernel "$3" -o "$4" -r "${4%.img}.report.txt" >/dev/null
+        --search-path build/guest-images --kernel "$3" -o "$4" -r "${4%.img}.report.txt" >/dev/null
 }
 
 for system in ci/bench/*/system.xml; do
