@@ -626,7 +626,8 @@ fn report(
         let _ = writeln!(
             r,
             "Kernel EL2 map: TCR_EL2 {:#x}, MAIR_EL2 {:#x}, TTBR0_EL2 {:#x} ({} table pages; \
-             RAM normal RWX, UART and GIC device)",
+             W^X: kernel text RX, rodata R, data and stack RW, a guard page below the stack, \
+             other RAM RW execute-never; UART and GIC device)",
             s.tcr.get(),
             s.mair.get(),
             s.ttbr0.get(),
