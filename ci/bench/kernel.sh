@@ -22,7 +22,7 @@ BENCH_KERNEL=$BENCH_KERNEL_DIR/$KERNEL_TARGET/release/tenure-kernel
 RELEASE_KERNEL=$RELEASE_KERNEL_DIR/$KERNEL_TARGET/release/tenure-kernel
 PDS=(-p tenure-bench-boot -p tenure-bench-client -p tenure-bench-pong -p tenure-bench-server
      -p tenure-serial -p tenure-example-ping -p tenure-example-pong -p tenure-vcpu-pd
-     -p tenure-mm -p tenure-vmm)
+     -p tenure-mm -p tenure-vmm -p tenure-bench-mm)
 
 echo "== kernel benchmarks: building"
 CARGO_TARGET_DIR=$BENCH_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $KERNEL_TARGET \

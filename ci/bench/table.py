@@ -40,6 +40,11 @@ ROWS = [
 GUEST_ROWS = [
     ("guest exit round trip, HVC to the VMM", "guest_hvc"),
     ("guest exit round trip, stage-2 fault emulated", "guest_stage2_fault"),
+    ("mm: populate one guest page (PPC round trip)", "mm_populate_page"),
+    ("mm: share one guest page into the VMM's window", "mm_share_page"),
+    ("mm: unshare it", "mm_unshare_page"),
+    ("mm: donate 1 MiB from the VMM's window", "mm_donate_1mib"),
+    ("mm: tear down a 64 MiB guest (zeroing included)", "mm_teardown_64mib"),
 ]
 
 
