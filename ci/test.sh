@@ -76,7 +76,9 @@ check "clippy (PDs, aarch64-unknown-none)" \
     -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
     -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd -p tenure-passive-pd -p tenure-vcpu-pd \
     -p tenure-mm -p tenure-mm-suite-pd \
-    -p tenure-vmm \
+    -p tenure-vmm -p tenure-guest-monitor-pd \
+    -p tenure-bench-boot -p tenure-bench-client -p tenure-bench-pong -p tenure-bench-server \
+    -p tenure-bench-mm \
     --target aarch64-unknown-none -- -D warnings
 check "clippy (test guest, aarch64-unknown-none)" \
     cargo clippy -p tenure-test-guest --target aarch64-unknown-none -- -D warnings
@@ -186,10 +188,11 @@ parentless_fault_reported() {
 # so KERNEL_ELF is the plain kernel they pack.
 KNOWN_FAILING=()
 mkdir -p build/systems
-# The guest suite packs workspace PDs (serial, mm, vmm) and the test
-# guest's Image and device tree from build/guest-images/, which its
-# prepare.sh builds (with the suite's bootargs).
-check "build the guest suite's PDs, guest image and device tree" ci/systems/guest/prepare.sh
+# The guest suites (guest, guest_reset, guest_pair) pack workspace PDs
+# (serial, mm, vmm) and the test guest's Image and device trees from
+# build/guest-images/, which ci/systems/guest/prepare.sh builds (with
+# each boot's bootargs).
+check "build the guest suites' PDs, guest image and device trees" ci/systems/guest/prepare.sh
 if check "build the kernel for the system suites" \
     cargo build -q -p tenure-kernel --target "$KERNEL_TARGET" --release; then
     for dir in ci/systems/*/; do

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Build what the guest suite packs besides its system.xml: the PDs it
-# runs (serial, mm, vmm: workspace crates, not the suite's own) and, in
-# build/guest-images/, the test guest's Image and the device tree with
-# this suite's bootargs (guest-suite.dtb). `tenure test` finds the PDs
-# in target/aarch64-unknown-none/release and the guest's files in
-# build/guest-images. ci/test.sh runs this before the system suites.
+# Build what the guest suites (guest, guest_reset, guest_pair) pack
+# besides their system.xml: the PDs they run (serial, mm, vmm: workspace
+# crates, not the suites' own) and, in build/guest-images/, the test
+# guest's Image and one device tree per boot with that boot's bootargs.
+# `tenure test` finds the PDs in target/aarch64-unknown-none/release and
+# the guest's files in build/guest-images. ci/test.sh runs this before
+# the system suites.
 #
 # Usage: ci/systems/guest/prepare.sh
 set -euo pipefail
@@ -20,3 +21,23 @@ cargo build -q --release --target aarch64-unknown-none \
     -p tenure-serial -p tenure-mm -p tenure-vmm
 guest-images/build.sh
 guest-images/dtb.sh "$BOOTARGS" build/guest-images/guest-suite.dtb
+
+# guest_reset: the first boot writes the secret (a page outside the
+# image, which the guest's fault populates) and asks for SYSTEM_RESET;
+# the second, from the VMM's second device tree, must read zeros there.
+# Both boots share a page (the VMM's checks read one at power-off).
+SECRET=secret=0x42000000
+guest-images/dtb.sh \
+    "probes=print,meminfo,share,unshare,relinquish,hostile,outside,secret-write,reset $SECRET" \
+    build/guest-images/guest-reset-1.dtb
+guest-images/dtb.sh "probes=print,secret-read,share,off $SECRET" \
+    build/guest-images/guest-reset-2.dtb
+
+# guest_pair: guest A writes the secret and stops, keeping its memory;
+# then guest B, at the same IPAs, must read zeros there and can share
+# the page A left shared.
+guest-images/dtb.sh \
+    "probes=print,meminfo,share,unshare,relinquish,hostile,outside,secret-write,off $SECRET" \
+    build/guest-images/guest-pair-a.dtb
+guest-images/dtb.sh "probes=print,secret-read,share,unshare,relinquish,hostile,outside,off $SECRET" \
+    build/guest-images/guest-pair-b.dtb

@@ -5,7 +5,7 @@
 //!
 //! | argument | meaning |
 //! |---|---|
-//! | `probes=a,b,...` | the probes to run, in order ([`crate::probe::Probe`] names); `hostile` stands for every hostile probe; `off` (last) ends the boot with PSCI SYSTEM_OFF |
+//! | `probes=a,b,...` | the probes to run, in order ([`crate::probe::Probe`] names); `hostile` stands for every hostile probe; `off` (last) ends the boot with PSCI SYSTEM_OFF, `reset` (last) with PSCI SYSTEM_RESET |
 //! | `expect=tenure` / `expect=native` | what the calls must return: under Tenure (the default) or with no hypervisor of this ABI |
 //! | `secret=ADDR` | the page `secret-write` and `secret-read` use (hex with `0x`, or decimal) instead of the guest's own secret scratch page |
 //!
@@ -28,7 +28,7 @@ pub enum Entry<'a> {
     /// typo in a test's bootargs cannot pass unnoticed.
     Unknown(&'a str),
     /// A bootarg the guest cannot read (`expect=` or `secret=` with a bad
-    /// value, `off` before the last probe, more than [`MAX_ENTRIES`]
+    /// value, `off` or `reset` before the last probe, more than [`MAX_ENTRIES`]
     /// entries): a failing line too.
     BadArg(&'a str),
 }
@@ -42,8 +42,20 @@ pub struct Plan<'a> {
     pub expect: Expect,
     /// The `secret=` page, if given.
     pub secret: Option<u64>,
-    /// Whether to end with PSCI SYSTEM_OFF.
-    pub off: bool,
+    /// How the boot ends after the sentinel.
+    pub end: End,
+}
+
+/// How a boot ends after its sentinel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum End {
+    /// The core stops in `wfi` (no `off` or `reset` in the probes).
+    Stop,
+    /// PSCI SYSTEM_OFF (`off`).
+    Off,
+    /// PSCI SYSTEM_RESET (`reset`): the hypervisor boots the guest
+    /// afresh, as it chooses.
+    Reset,
 }
 
 impl<'a> Plan<'a> {
@@ -55,7 +67,7 @@ impl<'a> Plan<'a> {
             len: 0,
             expect: Expect::Tenure,
             secret: None,
-            off: false,
+            end: End::Stop,
         };
         let mut probes = DEFAULT_PROBES;
         for arg in bootargs.split_ascii_whitespace() {
@@ -75,11 +87,16 @@ impl<'a> Plan<'a> {
         }
         let mut names = probes.split(',').filter(|n| !n.is_empty()).peekable();
         while let Some(name) = names.next() {
-            if name == "off" {
+            let end = match name {
+                "off" => Some((End::Off, "off before the last probe")),
+                "reset" => Some((End::Reset, "reset before the last probe")),
+                _ => None,
+            };
+            if let Some((end, misplaced)) = end {
                 if names.peek().is_none() {
-                    plan.off = true;
+                    plan.end = end;
                 } else {
-                    plan.push(Entry::BadArg("off before the last probe"));
+                    plan.push(Entry::BadArg(misplaced));
                 }
             } else if name == "hostile" {
                 for probe in HOSTILE {
@@ -140,7 +157,7 @@ mod tests {
                 Entry::Probe(Probe::SecretWrite)
             ]
         );
-        assert!(plan.off);
+        assert_eq!(plan.end, End::Off);
         assert_eq!(plan.expect, Expect::Tenure);
         assert_eq!(plan.secret, None);
     }
@@ -150,14 +167,14 @@ mod tests {
         let plan = Plan::parse("probes=share,hostile");
         assert_eq!(plan.entries().len(), 1 + HOSTILE.len());
         assert!(probes(&plan).skip(1).eq(HOSTILE));
-        assert!(!plan.off);
+        assert_eq!(plan.end, End::Stop);
     }
 
     #[test]
     fn no_probes_means_the_default_plan() {
         let plan = Plan::parse("");
         assert_eq!(plan, Plan::parse(&format!("probes={DEFAULT_PROBES}")));
-        assert!(plan.off);
+        assert_eq!(plan.end, End::Off);
         assert!(plan.entries().iter().all(|e| matches!(e, Entry::Probe(_))));
     }
 
@@ -183,7 +200,17 @@ mod tests {
                 Entry::Probe(Probe::Outside),
             ]
         );
-        assert!(!plan.off);
+        assert_eq!(plan.end, End::Stop);
+    }
+
+    #[test]
+    fn reset_ends_the_boot_like_off() {
+        let plan = Plan::parse("probes=print,secret-write,reset");
+        assert_eq!(plan.entries().len(), 2);
+        assert_eq!(plan.end, End::Reset);
+        let plan = Plan::parse("probes=reset,print,off");
+        assert_eq!(plan.entries()[0], Entry::BadArg("reset before the last probe"));
+        assert_eq!(plan.end, End::Off);
     }
 
     #[test]

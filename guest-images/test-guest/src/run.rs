@@ -7,7 +7,7 @@ use core::panic::PanicInfo;
 use core::ptr;
 use fdt::Fdt;
 use tenure_abi::hvc::{Function, GRANULE, MEMINFO_HAS_RANGE, Ret};
-use tenure_test_guest::bootargs::{Entry, Plan};
+use tenure_test_guest::bootargs::{End, Entry, Plan};
 use tenure_test_guest::probe::{
     Expect, Layout, PAGE_WORDS, Page, Probe, Scratch, Step, check_zeroed, secret_word,
 };
@@ -111,11 +111,14 @@ extern "C" fn guest_main(dtb: u64, load: u64, el: u64) -> ! {
         let _ = tap.result(&mut out, name, result);
     }
     let _ = tap.finish(&mut out);
-    if plan.off {
-        power_off()
+    match plan.end {
+        End::Off => power_off(),
+        End::Reset => reset(),
+        End::Stop => {
+            println!("# no `off` or `reset` in probes: stopping here");
+            arch::halt()
+        }
     }
-    println!("# no `off` in probes: stopping here");
-    arch::halt()
 }
 
 impl Guest {
@@ -258,6 +261,13 @@ pub fn power_off() -> ! {
     let [ret, ..] = arch::smccc(Function::SystemOff.id(), [0; 3]);
     println!("# SYSTEM_OFF returned {:#x}", ret);
     arch::halt()
+}
+
+/// Ends the boot with PSCI SYSTEM_RESET; powers off if that returns.
+fn reset() -> ! {
+    let [ret, ..] = arch::smccc(Function::SystemReset.id(), [0; 3]);
+    println!("# SYSTEM_RESET returned {:#x}", ret);
+    power_off()
 }
 
 #[panic_handler]

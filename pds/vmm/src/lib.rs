@@ -33,7 +33,8 @@
 //! region. The guest's layout comes from the device tree it loads
 //! ([`fdt::machine`]); the window is [`tenure_abi::vcpu::WINDOW_IPA`].
 //!
-//! - `init`: [`Vmm::new`]; [`boot::boot`]: mm `CreateGuest`, then
+//! - `init`: [`boot::boot_own`] (the guest id is the first mm lets the
+//!   VMM create), [`boot::boot`]: mm `CreateGuest`, then
 //!   [`loader::plan`] the Image and device tree that system.xml prefills
 //!   into read-only regions of the PD; for each page of the kernel and
 //!   device tree, mm `Populate`s the page of the VMM's window at
@@ -45,13 +46,17 @@
 //!   MR0..MR3 go to [`exit::decode`] and [`Vmm::handle`]. If
 //!   [`Decision::resumes`], the reply (an empty message) resumes the vCPU;
 //!   otherwise no reply leaves it stopped. [`Halt::Reset`] is a fresh
-//!   start: [`boot::reboot`] (mm `Teardown`, then `init`'s loading again)
-//!   and [`Vmm::reset`]. An `Err` is reported on the console and the guest
+//!   start: [`boot::reboot`] (mm `Teardown`, then `init`'s loading again,
+//!   with the second device tree if system.xml gives one) and
+//!   [`Vmm::reset`]. An `Err` is reported on the console and the guest
 //!   stays stopped. A test guest's TAP and the VMM's own checks of it
-//!   ([`selftest`]) go to the kernel's console.
-//! - `notified`: nothing yet (guest console input and passthrough
-//!   interrupts are still to come); `protected`: none, nobody calls the
-//!   VMM.
+//!   ([`selftest`]) go to the kernel's console; a stream of several boots
+//!   or VMMs is numbered through and closed by its last PD
+//!   ([`selftest::Relay`]).
+//! - `notified`: the previous VMM of a TAP stream is done, if the VMM
+//!   waits for one: it boots its guest then (guest console input and
+//!   passthrough interrupts are still to come); `protected`: none, nobody
+//!   calls the VMM.
 //!
 //! Invariants: no exit, whatever its label, registers or the guest's
 //! registers hold, makes the VMM panic; a guest access to an address that

@@ -5,8 +5,8 @@
 //!
 //! - one `virtual_machine` with one `vcpu` whose `setvar_id` is
 //!   `guest_vcpu` (its id, the child id of its faults), and the VM's RAM as
-//!   the guest's device tree declares it in `/memory`; the VM is the first
-//!   in system.xml: its mm guest id is 1 (VM index + 1);
+//!   the guest's device tree declares it in `/memory`; the VMM finds its
+//!   mm guest id by asking mm ([`tenure_vmm::boot::boot_own`]);
 //! - a `pp` channel end with id 0 to the memory manager (the VMM is its
 //!   client, with a window);
 //! - the guest's arm64 Image and device tree in read-only regions with a
@@ -16,6 +16,28 @@
 //! - a serial client region at `setvar_vaddr` `serial_region`, channel 1
 //!   to the serial PD (the guest's console goes there, labelled with the
 //!   VMM's name).
+//!
+//! Optional, for suites whose TAP spans several boots or PDs
+//! ([`tenure_vmm::selftest`]):
+//!
+//! - a second device tree, `guest_reset_dtb` / `guest_reset_dtb_size`:
+//!   after the guest's PSCI SYSTEM_RESET the VMM tears it down and boots
+//!   it again with this one (and expects that reset);
+//! - a page shared with the next PD of the stream, `setvar_vaddr`
+//!   `tap_relay`: the VMM prints its plan last and reads the counts of the
+//!   PDs before it there, or leaves its own there for the PD after it;
+//! - channel 2 (NEXT), which the VMM may notify: when its guest stops,
+//!   it leaves its counts in the relay page and notifies NEXT instead of
+//!   closing the stream;
+//! - channel 3 (PREVIOUS), which the VMM may notify too (system.xml's
+//!   default): the VMM starts its guest only when PREVIOUS notifies it,
+//!   after checking that none of the previous guest's shared pages is in
+//!   its window;
+//! - channel 4 (MONITOR), to its parent: when its guest stops, the VMM
+//!   leaves its counts in the relay page, notifies MONITOR and reads the
+//!   first page of its guest's kernel through its window. mm donated that
+//!   page to the guest, so the read faults and the parent, which closes
+//!   the stream, gets the fault.
 //!
 //! `init` creates the guest with mm, loads it ([`tenure_vmm::boot`]), sets
 //! the boot registers and restarts the vCPU. `fault` turns each exit into
@@ -27,7 +49,10 @@
 #[cfg(target_os = "none")]
 mod pd {
     use core::fmt::{self, Write};
-    use microkit::{Channel, Child, Handler, MessageInfo, Vcpu, get_mr, protection_domain, var};
+    use microkit::symbols::__tenure_notifications;
+    use microkit::{
+        Channel, ChannelSet, Child, Handler, MessageInfo, Vcpu, get_mr, protection_domain, var,
+    };
     use tenure_abi::mm::GuestId;
     use tenure_abi::vcpu::WINDOW_IPA;
     use tenure_serial::client::{Writer, region_at};
@@ -35,15 +60,24 @@ mod pd {
     use tenure_vmm::boot::{self, BootError};
     use tenure_vmm::exit;
     use tenure_vmm::fdt;
-    use tenure_vmm::selftest::{Route, SelfTest};
+    use tenure_vmm::selftest::{Relay, Route, SelfTest};
     use tenure_vmm::{Console, Decision, Halt, Layout, Vmm, VmmError};
 
     /// The protected procedure calls to mm.
     const MM: Channel = Channel::new(0);
     /// Notifications to the serial PD.
     const SERIAL: Channel = Channel::new(1);
-    /// The mm guest id of the first VM (VM index + 1).
-    const GUEST: u16 = 1;
+    /// The VMM after which this one starts its guest, if any.
+    const PREVIOUS: Channel = Channel::new(3);
+    /// The VMM to hand the TAP stream on to, if any.
+    const NEXT: Channel = Channel::new(2);
+    /// The parent that closes the stream after this VMM's fault, if any.
+    const MONITOR: Channel = Channel::new(4);
+
+    /// Whether system.xml gives this PD channel `channel` to notify.
+    fn has(channel: Channel) -> bool {
+        ChannelSet::from_badge(*__tenure_notifications.get()).contains(channel)
+    }
 
     /// The kernel's console, unlabelled: where a suite's runner reads TAP.
     struct KernelConsole;
@@ -84,6 +118,10 @@ mod pd {
             match self.selftest.route(bytes) {
                 Route::Console => self.writer().write_bytes(bytes),
                 Route::Tap => tap(bytes),
+                Route::Result { ok, number, rest } => {
+                    let not = if ok { "" } else { "not " };
+                    let _ = writeln!(KernelConsole, "{not}ok {number}{rest}");
+                }
                 Route::Plan(n) => {
                     let _ = writeln!(KernelConsole, "1..{n}");
                 }
@@ -96,6 +134,8 @@ mod pd {
     struct Files {
         image: &'static [u8],
         dtb: &'static [u8],
+        /// The device tree of boots after a reset; empty: `dtb`.
+        reset_dtb: &'static [u8],
     }
 
     fn files() -> Files {
@@ -111,6 +151,10 @@ mod pd {
         Files {
             image: region(*var!(guest_image: usize = 0), *var!(guest_image_size: usize = 0)),
             dtb: region(*var!(guest_dtb: usize = 0), *var!(guest_dtb_size: usize = 0)),
+            reset_dtb: region(
+                *var!(guest_reset_dtb: usize = 0),
+                *var!(guest_reset_dtb_size: usize = 0),
+            ),
         }
     }
 
@@ -131,9 +175,30 @@ mod pd {
         unsafe { core::ptr::read_volatile(window as *const u64) }
     }
 
+    /// The relay page, if system.xml maps one.
+    fn relay_page() -> Option<*mut [u64; Relay::WORDS]> {
+        let addr = *var!(tap_relay: usize = 0);
+        (addr != 0).then_some(addr as *mut [u64; Relay::WORDS])
+    }
+
+    fn read_relay(page: *mut [u64; Relay::WORDS]) -> Relay {
+        // SAFETY: system.xml maps the relay page read-write at `tap_relay`
+        // (the contract in the module docs); the PD that wrote it has
+        // notified this one and writes it no more; the words are aligned.
+        Relay::decode(&unsafe { core::ptr::read_volatile(page) })
+    }
+
+    fn write_relay(page: *mut [u64; Relay::WORDS], relay: &Relay) {
+        // SAFETY: as in `read_relay`; the next PD reads it only after this
+        // PD notifies it or faults.
+        unsafe { core::ptr::write_volatile(page, relay.encode()) };
+    }
+
     struct VmmPd {
         /// `None` if the guest could not be started.
         vmm: Option<Vmm>,
+        /// The guest's kernel's first page, for the monitor's probe.
+        kernel: u64,
         vcpu: Vcpu,
         mm: Channel,
         console: GuestConsole,
@@ -146,16 +211,23 @@ mod pd {
         let region = unsafe { region_at(*var!(serial_region: usize = 0)) };
         region.set_name(microkit::symbols::pd_name());
         let vcpu = Vcpu::new(*var!(guest_vcpu: usize = 0));
+        let files = files();
+        let expect_reset = !files.reset_dtb.is_empty();
+        let selftest = if relay_page().is_some() || expect_reset {
+            SelfTest::deferred(Relay::default(), expect_reset)
+        } else {
+            SelfTest::new()
+        };
         let mut pd = VmmPd {
             vmm: None,
+            kernel: 0,
             vcpu,
             mm: MM,
-            console: GuestConsole { region, selftest: SelfTest::new() },
-            files: files(),
+            console: GuestConsole { region, selftest },
+            files,
         };
-        match pd.start() {
-            Ok(vmm) => pd.vmm = Some(vmm),
-            Err(why) => pd.console.say(format_args!("cannot start the guest: {why}")),
+        if !has(PREVIOUS) {
+            pd.begin();
         }
         pd
     }
@@ -180,20 +252,36 @@ mod pd {
     }
 
     impl VmmPd {
-        fn start(&mut self) -> Result<Vmm, StartError> {
+        fn begin(&mut self) {
+            match self.start() {
+                Ok(vmm) => self.vmm = Some(vmm),
+                Err(why) => self.console.say(format_args!("cannot start the guest: {why}")),
+            }
+        }
+
+        /// The guest's layout as its device tree gives it; its guest id is
+        /// any until [`boot::boot_own`] finds the VMM's own.
+        fn layout(&self) -> Result<Layout, StartError> {
             let machine = fdt::machine(self.files.dtb).map_err(StartError::Fdt)?;
             let layout = Layout {
-                guest: GuestId::new(GUEST).expect("1 is a guest id"),
+                guest: GuestId::new(1).expect("1 is a guest id"),
                 ram: machine.ram,
                 pl011: machine.pl011,
                 gic_distributor: machine.gic_distributor,
                 passthrough: [None; tenure_vmm::layout::MAX_PASSTHROUGH],
                 window: WINDOW_IPA,
             };
-            let vmm = Vmm::new(layout).map_err(StartError::Layout)?;
+            layout.check().map_err(StartError::Layout)?;
+            Ok(layout)
+        }
+
+        fn start(&mut self) -> Result<Vmm, StartError> {
+            let layout = self.layout()?;
             let (image, dtb) = (self.files.image, self.files.dtb);
-            let plan = boot::boot(&mut self.mm, &layout, image, dtb, write_window)
+            let (layout, plan) = boot::boot_own(&mut self.mm, &layout, image, dtb, write_window)
                 .map_err(StartError::Boot)?;
+            let vmm = Vmm::new(layout).map_err(StartError::Layout)?;
+            self.kernel = plan.kernel;
             self.run(&plan)?;
             self.console.say(format_args!(
                 "guest loaded: kernel at {:#x}..{:#x}, device tree at {:#x}",
@@ -209,14 +297,58 @@ mod pd {
         }
 
         /// The guest stopped for good: the checks of a test guest, then the
-        /// sentinel.
+        /// sentinel, or the stream handed on (NEXT, MONITOR).
         fn finish(&mut self) {
             let Some(vmm) = &self.vmm else { return };
-            let _ = self.console.selftest.finish(
-                vmm.layout(),
+            let layout = *vmm.layout();
+            let page = relay_page();
+            let hand_on = page.is_some() && (has(NEXT) || has(MONITOR));
+            let Ok(mut relay) = self.console.selftest.finish(
+                &layout,
                 &mut self.mm,
                 read_window,
+                !hand_on,
                 &mut KernelConsole,
+            ) else {
+                return;
+            };
+            let Some(page) = page.filter(|_| hand_on) else { return };
+            if has(NEXT) {
+                write_relay(page, &relay);
+                NEXT.notify();
+                return;
+            }
+            // MONITOR: the guest's first kernel page, donated to it, through
+            // the window where the VMM wrote it before the donation.
+            let Some(probe) = layout.window_of(self.kernel) else {
+                let _ = writeln!(
+                    KernelConsole,
+                    "not ok {} - vmm: the guest's kernel at {:#x} has no window address\n1..{}\n\
+                     TEST_FAIL",
+                    relay.printed + 1,
+                    self.kernel,
+                    relay.planned + 1
+                );
+                return;
+            };
+            relay.probe = probe;
+            write_relay(page, &relay);
+            MONITOR.notify();
+            let _ = writeln!(
+                KernelConsole,
+                "# vmm: reading guest page {:#x} through the window at {probe:#x}",
+                self.kernel
+            );
+            // SAFETY: not sound on purpose: mm took the page out of this
+            // PD's window when it donated it, so the read faults and the
+            // kernel stops this PD there; the parent reports the fault.
+            let word = unsafe { core::ptr::read_volatile(probe as *const u64) };
+            let _ = writeln!(
+                KernelConsole,
+                "not ok {} - vmm: a donated guest page is out of the VMM's reach: {probe:#x} \
+                 read {word:#x}\n1..{}\nTEST_FAIL",
+                relay.printed + 1,
+                relay.planned + 1
             );
         }
 
@@ -231,10 +363,22 @@ mod pd {
                 Halt::CpuOff => self.console.say(format_args!("guest powered off (CPU_OFF)")),
                 Halt::Reset => {
                     let layout = *self.vmm.as_ref()?.layout();
-                    let (image, dtb) = (self.files.image, self.files.dtb);
-                    let result = boot::reboot(&mut self.mm, &layout, image, dtb, write_window)
+                    let image = self.files.image;
+                    let dtb = match self.files.reset_dtb {
+                        [] => self.files.dtb,
+                        reset => reset,
+                    };
+                    let result = boot::teardown(&mut self.mm, &layout)
+                        .and_then(|()| {
+                            // Torn down, before anything is loaded again.
+                            self.console.selftest.reset(&layout, &mut self.mm);
+                            boot::boot(&mut self.mm, &layout, image, dtb, write_window)
+                        })
                         .map_err(StartError::Boot)
-                        .and_then(|plan| self.run(&plan));
+                        .and_then(|plan| {
+                            self.kernel = plan.kernel;
+                            self.run(&plan)
+                        });
                     match result {
                         Ok(()) => {
                             self.console.say(format_args!("guest reset"));
@@ -258,6 +402,26 @@ mod pd {
 
     impl Handler for VmmPd {
         type Error = core::convert::Infallible;
+
+        fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
+            if !channels.contains(PREVIOUS) || self.vmm.is_some() || !has(PREVIOUS) {
+                return Ok(());
+            }
+            let Some(page) = relay_page() else {
+                self.console
+                    .say(format_args!("PREVIOUS notified, but no relay page: not starting"));
+                return Ok(());
+            };
+            let before = read_relay(page);
+            let expect_reset = !self.files.reset_dtb.is_empty();
+            self.console.selftest = SelfTest::deferred(before, expect_reset);
+            // Before this VMM loads anything into its window.
+            if let Ok(layout) = self.layout() {
+                self.console.selftest.foreign(&layout, &mut self.mm);
+            }
+            self.begin();
+            Ok(())
+        }
 
         fn fault(
             &mut self,

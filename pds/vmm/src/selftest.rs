@@ -7,7 +7,8 @@
 //! - routes its TAP lines (the plan, `ok N` / `not ok N`, the sentinel)
 //!   to the kernel's console unlabelled, where a suite's runner finds
 //!   them, and its other lines to the serial PD ([`SelfTest::route`]);
-//! - raises the plan by [`CHECKS`] and holds the guest's sentinel back;
+//! - raises the plan by its own checks and holds the guest's sentinel
+//!   back;
 //! - watches the exits ([`SelfTest::observe`]): after a MEM_SHARE that
 //!   succeeded, mm must report each page borrowed (shared) in the VMM's
 //!   window; after a MEM_UNSHARE, no page there; after a refused one, the
@@ -19,6 +20,20 @@
 //!   the words), prints its checks as `ok N+1` ... and then the sentinel,
 //!   `TEST_PASS` only if the guest's was and every check passed
 //!   ([`SelfTest::finish`]).
+//!
+//! # Streams of several boots or VMMs
+//!
+//! One suite's TAP may come from more than one guest boot (a guest that
+//! asks for SYSTEM_RESET boots again, [`SelfTest::reset`]) or from more
+//! than one VMM (each hands a [`Relay`] to the next). Then the VMM
+//! ([`SelfTest::deferred`]) numbers the guest's results after those
+//! printed before (each boot's `ok 1` follows the last line printed),
+//! adds up the plans and prints the plan last (TAP allows a trailing
+//! plan), with the sentinel, or hands the counts on instead. Two checks
+//! join its own there: with a second device tree for resets, that the
+//! guest was reset and the teardown took back every page it had shared
+//! with the VMM; after another VMM, that none of the pages the other
+//! VMM's guest shared shows in this VMM's window.
 //!
 //! Each check fails when what it watches did not happen at all, so a
 //! suite that drops a probe cannot pass by accident. A guest without a
@@ -34,7 +49,7 @@ use core::fmt::{self, Write};
 use tenure_abi::hvc::{Function, GRANULE, MemRange, Ret};
 use tenure_abi::mm::{FaultAddr, IPA_BITS, PageState, Reply, Request, Target};
 
-/// How many checks the VMM adds to the guest's plan.
+/// How many checks the VMM adds to the guest's plan, at least.
 pub const CHECKS: u32 = 4;
 /// Most pages of one memory call the VMM queries; a larger call is
 /// checked on its first pages only, to bound the calls to mm per exit.
@@ -42,21 +57,36 @@ pub const QUERY_PAGES: u64 = 16;
 /// Most pages the VMM remembers as shared, to read at power-off and to
 /// know where a refused call must leave a page; a test guest shares a few.
 pub const MAX_SHARED: usize = 16;
+/// Most shared pages a [`Relay`] carries to the next VMM.
+pub const RELAY_SHARED: usize = 8;
 
 /// Where a line of the guest's console goes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Route {
+pub enum Route<'a> {
     /// To the serial PD, labelled.
     Console,
-    /// To the kernel's console as it is: a TAP result line.
+    /// To the kernel's console as it is (the sentinel of a guest that
+    /// printed no plan).
     Tap,
+    /// To the kernel's console: a TAP result, numbered in the suite's
+    /// stream.
+    Result {
+        /// `ok` (else `not ok`).
+        ok: bool,
+        /// Its number in the suite's stream.
+        number: u32,
+        /// The rest of the line after the guest's number (` - name ...`).
+        rest: &'a str,
+    },
     /// To the kernel's console: the plan, raised to this count.
     Plan(u32),
-    /// Nowhere yet: the guest's sentinel, printed after the VMM's checks.
+    /// Nowhere yet: the guest's sentinel, printed after the VMM's checks;
+    /// a later boot's plan, or any plan of a deferred stream, added to
+    /// the plan printed last.
     Withheld,
 }
 
-/// What the VMM saw of one kind of memory call.
+/// What the VMM saw of one kind of page check.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Tally {
     /// Pages checked.
@@ -65,49 +95,186 @@ struct Tally {
     wrong: u64,
 }
 
+/// The TAP counts one VMM hands the next (or its monitor) in a page they
+/// share, so that the suite prints one stream: one plan, results
+/// numbered in order, one sentinel.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Relay {
+    /// Results the stream plans so far.
+    pub planned: u32,
+    /// Results printed so far.
+    pub printed: u32,
+    /// Of them, failures.
+    pub failed: u32,
+    /// Whether every guest printed `TEST_PASS`.
+    pub pass: bool,
+    /// The window address the VMM reads last, which must fault (for a
+    /// monitor: the address its fault must name); 0 if none.
+    pub probe: u64,
+    /// Guest pages the VMM's guest left shared with it.
+    pub shared: [Option<u64>; RELAY_SHARED],
+}
+
+impl Default for Relay {
+    /// Nothing printed before: the first VMM of a stream.
+    fn default() -> Self {
+        Relay {
+            planned: 0,
+            printed: 0,
+            failed: 0,
+            pass: true,
+            probe: 0,
+            shared: [None; RELAY_SHARED],
+        }
+    }
+}
+
+impl Relay {
+    /// Words of a relay in its page.
+    pub const WORDS: usize = 7 + RELAY_SHARED;
+    /// Its first word: a page without it is an empty relay.
+    pub const MAGIC: u64 = 0x7461_705f_7265_6c61;
+
+    /// The relay as words.
+    #[must_use]
+    pub fn encode(&self) -> [u64; Self::WORDS] {
+        let mut w = [0; Self::WORDS];
+        w[0] = Self::MAGIC;
+        w[1] = self.planned.into();
+        w[2] = self.printed.into();
+        w[3] = self.failed.into();
+        w[4] = self.pass.into();
+        w[5] = self.probe;
+        let mut n = 0;
+        for (slot, ipa) in w[7..].iter_mut().zip(self.shared.iter().flatten()) {
+            *slot = *ipa;
+            n += 1;
+        }
+        w[6] = n;
+        w
+    }
+
+    /// Reads words another PD wrote: a page without [`Relay::MAGIC`] is
+    /// an empty relay; counts past `u32` saturate and a bad count of
+    /// shared pages is cut to what the page holds.
+    #[must_use]
+    pub fn decode(w: &[u64; Self::WORDS]) -> Relay {
+        if w[0] != Self::MAGIC {
+            return Relay::default();
+        }
+        let count = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        let mut shared = [None; RELAY_SHARED];
+        let n = usize::try_from(w[6]).unwrap_or(RELAY_SHARED).min(RELAY_SHARED);
+        for (slot, ipa) in shared.iter_mut().zip(&w[7..7 + n]) {
+            *slot = Some(*ipa);
+        }
+        Relay {
+            planned: count(w[1]),
+            printed: count(w[2]),
+            failed: count(w[3]),
+            pass: w[4] == 1,
+            probe: w[5],
+            shared,
+        }
+    }
+}
+
 /// The VMM's checks of a test guest.
 #[derive(Debug, Default)]
 pub struct SelfTest {
-    plan: Option<u32>,
-    verdict: Option<bool>,
+    /// Sum of the plans the guest printed (every boot's).
+    plans: u32,
+    /// Plans the guest printed: one per boot that got that far.
+    plan_lines: u32,
+    /// `Some` (what came before) for a deferred stream.
+    deferred: Option<Relay>,
+    /// Expect a reset: the VMM has a second device tree.
+    expect_reset: bool,
+    /// Results routed, and of them failures.
+    printed: u32,
+    failed: u32,
+    /// Results printed before the running boot.
+    boot_base: u32,
+    /// Boots started, and sentinels seen (all must be `TEST_PASS`).
+    boots: u32,
+    sentinels: u32,
+    sentinel_failed: bool,
     shared: [Option<u64>; MAX_SHARED],
     share: Tally,
     unshare: Tally,
     refused: Tally,
     outside: u64,
+    resets: u32,
+    /// Pages shared before a reset that the teardown took back.
+    revoked: Tally,
+    /// Another VMM's guest's shared pages, looked up in this window.
+    foreign: Tally,
 }
 
-/// A TAP result line: `prefix` then a number.
-fn is_result(line: &str, prefix: &str) -> bool {
-    line.strip_prefix(prefix).is_some_and(|rest| {
-        let number = rest.split([' ', '\t']).next().unwrap_or("");
-        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
-    })
+/// A TAP result line: `prefix`, a number, the rest.
+fn result<'a>(line: &'a str, prefix: &str) -> Option<(u32, &'a str)> {
+    let rest = line.strip_prefix(prefix)?;
+    let end = rest.find([' ', '\t']).unwrap_or(rest.len());
+    let number = &rest[..end];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((number.parse().unwrap_or(u32::MAX), &rest[end..]))
 }
 
 impl SelfTest {
-    /// Nothing seen yet.
+    /// Nothing seen yet: one boot of one guest, the plan printed first.
     #[must_use]
     pub fn new() -> SelfTest {
-        SelfTest::default()
+        SelfTest { boots: 1, ..SelfTest::default() }
+    }
+
+    /// A stream of several boots or VMMs, after `before` (the previous
+    /// VMM's relay, or an empty one): the plan is printed last, by
+    /// [`SelfTest::finish`]. `expect_reset`: the guest must ask for
+    /// SYSTEM_RESET once and boot again (the VMM has a second device
+    /// tree).
+    #[must_use]
+    pub fn deferred(before: Relay, expect_reset: bool) -> SelfTest {
+        SelfTest { deferred: Some(before), expect_reset, ..SelfTest::new() }
     }
 
     /// Whether the guest printed a plan: it is a test guest.
     #[must_use]
     pub const fn active(&self) -> bool {
-        self.plan.is_some()
+        self.plan_lines > 0
+    }
+
+    /// How many checks the VMM adds.
+    #[must_use]
+    pub fn checks(&self) -> u32 {
+        let before = self.deferred.is_some_and(|r| r.planned > 0);
+        CHECKS + u32::from(self.expect_reset) + u32::from(before)
+    }
+
+    /// Results printed before this VMM's.
+    fn base(&self) -> u32 {
+        self.deferred.map_or(0, |r| r.printed)
     }
 
     /// Where the guest's console line `bytes` goes.
-    pub fn route(&mut self, bytes: &[u8]) -> Route {
+    pub fn route<'a>(&mut self, bytes: &'a [u8]) -> Route<'a> {
         let Ok(line) = core::str::from_utf8(bytes) else { return Route::Console };
         let line = line.trim_end_matches(['\r', '\n']);
         if let Some(n) = line.strip_prefix("1..").and_then(|n| n.parse::<u32>().ok()) {
-            self.plan = Some(n);
-            return Route::Plan(n.saturating_add(CHECKS));
+            self.plans = self.plans.saturating_add(n);
+            self.plan_lines += 1;
+            if self.deferred.is_some() || self.plan_lines > 1 {
+                return Route::Withheld;
+            }
+            return Route::Plan(n.saturating_add(self.checks()));
         }
-        if is_result(line, "ok ") || is_result(line, "not ok ") {
-            return Route::Tap;
+        let ok = result(line, "ok ").map(|r| (true, r));
+        if let Some((ok, (n, rest))) = ok.or_else(|| result(line, "not ok ").map(|r| (false, r))) {
+            self.printed = self.printed.saturating_add(1);
+            self.failed += u32::from(!ok);
+            let number = self.base().saturating_add(self.boot_base).saturating_add(n);
+            return Route::Result { ok, number, rest };
         }
         let verdict = match line {
             "TEST_PASS" => true,
@@ -115,7 +282,8 @@ impl SelfTest {
             _ => return Route::Console,
         };
         if self.active() {
-            self.verdict = Some(verdict);
+            self.sentinels += 1;
+            self.sentinel_failed |= !verdict;
             Route::Withheld
         } else {
             Route::Tap
@@ -195,19 +363,65 @@ impl SelfTest {
         }
     }
 
+    /// After the VMM tore the guest down (SYSTEM_RESET), before it loads
+    /// it again: every page the guest had shared must be gone from the
+    /// window; the next boot's results follow this one's.
+    pub fn reset(&mut self, layout: &Layout, mm: &mut impl MmClient) {
+        for ipa in self.shared.iter().flatten() {
+            self.revoked.pages += 1;
+            self.revoked.wrong +=
+                u64::from(window_state(mm, layout, *ipa) != Some(PageState::NoPage));
+        }
+        self.shared = [None; MAX_SHARED];
+        // A boot that reset before its sentinel failed.
+        if self.sentinels < self.boots {
+            self.sentinel_failed = true;
+            self.sentinels = self.boots;
+        }
+        self.resets += 1;
+        self.boots += 1;
+        self.boot_base = self.printed;
+    }
+
+    /// Before this VMM's guest runs: the pages the previous VMM's guest
+    /// left shared (`before.shared`) must not be in this VMM's window.
+    pub fn foreign(&mut self, layout: &Layout, mm: &mut impl MmClient) {
+        let Some(before) = self.deferred else { return };
+        for ipa in before.shared.iter().flatten() {
+            self.foreign.pages += 1;
+            self.foreign.wrong +=
+                u64::from(window_state(mm, layout, *ipa) != Some(PageState::NoPage));
+        }
+    }
+
+    /// The pages the guest still shares, for the next VMM's [`Relay`].
+    #[must_use]
+    pub fn shared(&self) -> [Option<u64>; RELAY_SHARED] {
+        let mut out = [None; RELAY_SHARED];
+        for (slot, ipa) in out.iter_mut().zip(self.shared.iter().flatten()) {
+            *slot = Some(*ipa);
+        }
+        out
+    }
+
     /// When the guest has stopped: reads the pages still shared through
     /// the window (`read` gives the first word of a window page), prints
-    /// the checks and the sentinel to `out`. Returns whether everything
-    /// passed; prints nothing and returns `true` for a guest that printed
-    /// no plan.
+    /// the checks to `out`, then, if `close`, the plan (of a deferred
+    /// stream) and the sentinel, `TEST_PASS` only if everything passed.
+    /// Returns the stream's counts so far, for a [`Relay`] when another
+    /// PD closes the stream. Prints nothing and returns an empty relay
+    /// for a guest that printed no plan.
     pub fn finish(
         &mut self,
         layout: &Layout,
         mm: &mut impl MmClient,
         mut read: impl FnMut(u64) -> u64,
+        close: bool,
         out: &mut impl Write,
-    ) -> Result<bool, fmt::Error> {
-        let Some(plan) = self.plan else { return Ok(true) };
+    ) -> Result<Relay, fmt::Error> {
+        if !self.active() {
+            return Ok(Relay::default());
+        }
         // Pages still shared: still borrowed in the window, and what the
         // guest wrote into them after sharing shows there.
         let (mut still, mut written, mut wrong) = (0, 0, 0);
@@ -223,8 +437,9 @@ impl SelfTest {
             writeln!(out, "# vmm: guest page {ipa:#x} reads {word:#x} in the VMM's window")?;
             written += u64::from(word != 0);
         }
-        let (share, unshare) = (self.share, self.unshare);
-        let checks: [(bool, &str, fmt::Arguments<'_>); CHECKS as usize] = [
+        let (share, unshare, revoked, foreign) =
+            (self.share, self.unshare, self.revoked, self.foreign);
+        let base: [(bool, &str, fmt::Arguments<'_>); CHECKS as usize] = [
             (
                 share.pages > 0 && share.wrong == 0 && wrong == 0 && written > 0,
                 "vmm: pages the guest shares are borrowed in the VMM's window and show its writes",
@@ -256,21 +471,65 @@ impl SelfTest {
                 format_args!("no abort injected for an access outside guest memory"),
             ),
         ];
-        let mut all = self.verdict == Some(true);
-        for (i, (ok, what, why)) in checks.into_iter().enumerate() {
-            let n = plan.saturating_add(i as u32 + 1);
+        let reset = (
+            self.resets == 1 && self.plan_lines == 2 && revoked.pages > 0 && revoked.wrong == 0,
+            "vmm: SYSTEM_RESET tore the guest down, took back the pages it shared with the VMM \
+             and booted it again",
+            format_args!(
+                "{} resets, {} plans printed, {} pages shared before the reset, {} still in \
+                 the window after it",
+                self.resets, self.plan_lines, revoked.pages, revoked.wrong
+            ),
+        );
+        let other = (
+            foreign.pages > 0 && foreign.wrong == 0,
+            "vmm: no page the other VMM's guest shares shows in this VMM's window",
+            format_args!("{} pages looked up, {} in this window", foreign.pages, foreign.wrong),
+        );
+        let extra = [
+            Some(reset).filter(|_| self.expect_reset),
+            Some(other).filter(|_| self.deferred.is_some_and(|r| r.planned > 0)),
+        ];
+        let before = self.deferred.unwrap_or_default();
+        let mut number = before.printed.saturating_add(self.printed);
+        let mut failed = before.failed.saturating_add(self.failed);
+        for (ok, what, why) in base.into_iter().chain(extra.into_iter().flatten()) {
+            number = number.saturating_add(1);
             if ok {
-                writeln!(out, "ok {n} - {what}")?;
+                writeln!(out, "ok {number} - {what}")?;
             } else {
-                writeln!(out, "not ok {n} - {what}: {why}")?;
+                writeln!(out, "not ok {number} - {what}: {why}")?;
+                failed += 1;
             }
-            all &= ok;
         }
-        if self.verdict.is_none() {
+        if self.sentinels < self.boots {
             writeln!(out, "# vmm: the guest stopped before its sentinel")?;
         }
-        writeln!(out, "{}", if all { "TEST_PASS" } else { "TEST_FAIL" })?;
-        Ok(all)
+        let pass = before.pass && !self.sentinel_failed && self.sentinels >= self.boots;
+        let relay = Relay {
+            planned: before.planned.saturating_add(self.plans).saturating_add(self.checks()),
+            printed: number,
+            failed,
+            pass,
+            probe: 0,
+            shared: self.shared(),
+        };
+        if close {
+            if self.deferred.is_some() {
+                writeln!(out, "1..{}", relay.planned)?;
+            }
+            writeln!(out, "{}", if relay.passed() { "TEST_PASS" } else { "TEST_FAIL" })?;
+        }
+        Ok(relay)
+    }
+}
+
+impl Relay {
+    /// Whether the stream so far passed: every guest's sentinel
+    /// `TEST_PASS`, no failure, the plan met.
+    #[must_use]
+    pub const fn passed(&self) -> bool {
+        self.pass && self.failed == 0 && self.printed == self.planned
     }
 }
 
@@ -327,8 +586,14 @@ mod tests {
         assert_eq!(t.route(b"# hello\n"), Route::Console);
         assert_eq!(t.route(b"TEST_PASS\n"), Route::Tap, "no plan: no test guest");
         assert_eq!(t.route(b"1..5\n"), Route::Plan(5 + CHECKS));
-        assert_eq!(t.route(b"ok 1 - print\n"), Route::Tap);
-        assert_eq!(t.route(b"not ok 2 - share: no\r\n"), Route::Tap);
+        assert_eq!(
+            t.route(b"ok 1 - print\n"),
+            Route::Result { ok: true, number: 1, rest: " - print" }
+        );
+        assert_eq!(
+            t.route(b"not ok 2 - share: no\r\n"),
+            Route::Result { ok: false, number: 2, rest: " - share: no" }
+        );
         assert_eq!(t.route(b"okay 3\n"), Route::Console);
         assert_eq!(t.route(b"ok x\n"), Route::Console);
         assert_eq!(t.route(b"\xff\n"), Route::Console);
@@ -339,6 +604,9 @@ mod tests {
     fn a_guest_that_did_everything_passes() {
         let (mut t, mut mm, l) = (SelfTest::new(), FakeMm::default(), virt());
         t.route(b"1..4\n");
+        for n in 1..=4 {
+            t.route(format!("ok {n} - probe").as_bytes());
+        }
         mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
         mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_1000, 1);
         mem(&mut t, &mut mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_1000, 1);
@@ -350,7 +618,7 @@ mod tests {
         t.route(b"TEST_PASS\n");
         let mut out = String::new();
         let read = |w: u64| if w == l.window_of(RAM + 0x10_0000).unwrap() { 0x5ec7 } else { 0 };
-        assert_eq!(t.finish(&l, &mut mm, read, &mut out), Ok(true), "{out}");
+        assert!(t.finish(&l, &mut mm, read, true, &mut out).unwrap().passed(), "{out}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "# vmm: guest page 0x40100000 reads 0x5ec7 in the VMM's window");
         assert!(lines[1].starts_with("ok 5 - vmm: pages the guest shares"));
@@ -366,8 +634,9 @@ mod tests {
         t.route(b"1..1\n");
         t.route(b"TEST_PASS\n");
         let mut out = String::new();
-        assert_eq!(t.finish(&l, &mut mm, |_| 1, &mut out), Ok(false));
+        assert!(!t.finish(&l, &mut mm, |_| 1, true, &mut out).unwrap().passed());
         assert_eq!(out.matches("not ok").count(), CHECKS as usize, "{out}");
+        assert!(out.contains("not ok 1 - vmm: pages the guest shares"), "no result routed: {out}");
         assert!(out.ends_with("TEST_FAIL\n"));
     }
 
@@ -412,8 +681,8 @@ mod tests {
         t.route(b"TEST_FAIL\n");
         let mut out = String::new();
         // The shared page reads zero: the guest's write did not show.
-        assert_eq!(t.finish(&l, &mut mm, |_| 0, &mut out), Ok(false));
-        assert!(out.contains("not ok 3 - vmm: pages the guest shares"), "{out}");
+        assert!(!t.finish(&l, &mut mm, |_| 0, true, &mut out).unwrap().passed());
+        assert!(out.contains("not ok 1 - vmm: pages the guest shares"), "{out}");
         assert!(out.ends_with("TEST_FAIL\n"));
         // mm was asked only about the window.
         assert!(mm.requests.iter().all(|r| match r {
@@ -426,7 +695,123 @@ mod tests {
     fn a_guest_without_a_plan_gets_nothing_added() {
         let (mut t, mut mm, l) = (SelfTest::new(), FakeMm::default(), virt());
         let mut out = String::new();
-        assert_eq!(t.finish(&l, &mut mm, |_| 0, &mut out), Ok(true));
+        assert_eq!(t.finish(&l, &mut mm, |_| 0, true, &mut out), Ok(Relay::default()));
         assert!(out.is_empty());
+    }
+
+    /// A guest that did everything the four base checks watch.
+    fn everything(t: &mut SelfTest, mm: &mut FakeMm, l: &Layout) {
+        mem(t, mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        mem(t, mm, Function::MemShare, MemOp::Share, RAM + 0x10_1000, 1);
+        mem(t, mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_1000, 1);
+        mem(t, mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        t.observe(&call(Function::SystemOff, 0, 0), &outside(), l, mm);
+    }
+
+    #[test]
+    fn a_reset_numbers_the_second_boot_after_the_first_and_plans_last() {
+        let (mut t, mut mm, l) =
+            (SelfTest::deferred(Relay::default(), true), FakeMm::default(), virt());
+        assert_eq!(t.route(b"1..2\n"), Route::Withheld, "deferred: the plan comes last");
+        t.route(b"ok 1 - print");
+        t.route(b"ok 2 - secret-write");
+        everything(&mut t, &mut mm, &l);
+        assert_eq!(t.route(b"TEST_PASS"), Route::Withheld);
+        // The VMM tears the guest down: mm takes the shared page back.
+        mm.shared.clear();
+        t.reset(&l, &mut mm);
+        assert_eq!(t.revoked, Tally { pages: 1, wrong: 0 });
+        assert_eq!(t.route(b"1..1\n"), Route::Withheld);
+        assert_eq!(
+            t.route(b"ok 1 - secret-read"),
+            Route::Result { ok: true, number: 3, rest: " - secret-read" }
+        );
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        t.route(b"TEST_PASS");
+        let mut out = String::new();
+        let relay = t.finish(&l, &mut mm, |_| 1, true, &mut out).unwrap();
+        assert!(relay.passed(), "{out}");
+        assert_eq!(relay.planned, 3 + CHECKS + 1);
+        assert!(out.contains("ok 8 - vmm: SYSTEM_RESET tore the guest down"), "{out}");
+        assert!(out.ends_with("1..8\nTEST_PASS\n"), "{out}");
+    }
+
+    #[test]
+    fn a_reset_that_never_came_or_kept_pages_fails() {
+        let (mut t, mut mm, l) =
+            (SelfTest::deferred(Relay::default(), true), FakeMm::default(), virt());
+        t.route(b"1..1\n");
+        t.route(b"ok 1 - print");
+        everything(&mut t, &mut mm, &l);
+        t.route(b"TEST_PASS");
+        let mut out = String::new();
+        assert!(!t.finish(&l, &mut mm, |_| 1, true, &mut out).unwrap().passed());
+        assert!(out.contains("not ok 6 - vmm: SYSTEM_RESET"), "{out}");
+        // A reset that left the shared page in the window.
+        let (mut t, mut mm) = (SelfTest::deferred(Relay::default(), true), FakeMm::default());
+        t.route(b"1..0\n");
+        everything(&mut t, &mut mm, &l);
+        t.route(b"TEST_PASS");
+        t.reset(&l, &mut mm);
+        assert_eq!(t.revoked, Tally { pages: 1, wrong: 1 });
+        // A boot that resets before its sentinel fails too.
+        t.route(b"1..0\n");
+        t.reset(&l, &mut mm);
+        assert!(t.sentinel_failed);
+    }
+
+    #[test]
+    fn a_relay_hands_the_counts_on_and_the_next_vmm_closes_the_stream() {
+        let (mut a, mut mm_a, l) =
+            (SelfTest::deferred(Relay::default(), false), FakeMm::default(), virt());
+        a.route(b"1..1\n");
+        a.route(b"ok 1 - print");
+        everything(&mut a, &mut mm_a, &l);
+        a.route(b"TEST_PASS");
+        let mut out = String::new();
+        let relay = a.finish(&l, &mut mm_a, |_| 1, false, &mut out).unwrap();
+        assert!(!out.contains("TEST_PASS") && !out.contains("1.."), "{out}");
+        assert_eq!((relay.planned, relay.printed, relay.failed), (1 + CHECKS, 1 + CHECKS, 0));
+        assert_eq!(relay.shared[0], Some(RAM + 0x10_0000));
+        let relay = Relay::decode(&relay.encode());
+        // The next VMM: its window has none of A's pages.
+        let (mut b, mut mm_b) = (SelfTest::deferred(relay, false), FakeMm::default());
+        b.foreign(&l, &mut mm_b);
+        b.route(b"1..1\n");
+        assert_eq!(
+            b.route(b"ok 1 - print"),
+            Route::Result { ok: true, number: 6, rest: " - print" }
+        );
+        everything(&mut b, &mut mm_b, &l);
+        b.route(b"TEST_PASS");
+        let mut out = String::new();
+        assert!(b.finish(&l, &mut mm_b, |_| 1, true, &mut out).unwrap().passed(), "{out}");
+        assert!(out.contains("ok 11 - vmm: no page the other VMM's guest shares"), "{out}");
+        assert!(out.ends_with("1..11\nTEST_PASS\n"), "{out}");
+        // Had B's window shown A's page, the check fails.
+        let mut b = SelfTest::deferred(relay, false);
+        mem(&mut b, &mut mm_b, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        b.foreign(&l, &mut mm_b);
+        assert_eq!(b.foreign, Tally { pages: 1, wrong: 1 });
+    }
+
+    #[test]
+    fn relays_round_trip_and_garbage_is_bounded() {
+        assert_eq!(Relay::decode(&[0; Relay::WORDS]), Relay::default());
+        let r = Relay {
+            planned: 9,
+            printed: 3,
+            failed: 1,
+            pass: false,
+            probe: 0x80_0008_0000,
+            shared: [None; RELAY_SHARED],
+        };
+        assert_eq!(Relay::decode(&r.encode()), r);
+        let mut w = [u64::MAX; Relay::WORDS];
+        w[0] = Relay::MAGIC;
+        let g = Relay::decode(&w);
+        assert_eq!((g.planned, g.pass), (u32::MAX, false));
+        assert!(g.shared.iter().all(Option::is_some));
+        assert!(!g.passed());
     }
 }
