@@ -29,11 +29,16 @@ CARGO_TARGET_DIR=$BENCH_KERNEL_DIR cargo build -q -p tenure-kernel --release --t
     --features benchmark
 CARGO_TARGET_DIR=$RELEASE_KERNEL_DIR cargo build -q -p tenure-kernel --release --target $KERNEL_TARGET
 cargo build -q --release --target $TARGET "${PDS[@]}"
-# The default system's guest (its Image and device tree, as make image
-# builds them) for the default image's size.
+# The test guest's Image and device trees: the default system's (as make
+# image builds it) for the default image's size, and guest_mm's.
 guest-images/build.sh >/dev/null
 guest-images/dtb.sh "$(sed -n 's/^GUEST_BOOTARGS := //p' Makefile)" build/guest-images/default.dtb \
     >/dev/null
+# guest_mm: the test guest's `bench` probe first, then the guest suite's
+# probes, which the VMM's checks need.
+guest-images/dtb.sh \
+    "probes=bench,print,meminfo,share,unshare,relinquish,hostile,outside,off expect=tenure" \
+    build/guest-images/guest-bench.dtb >/dev/null
 cargo build -q -p tenure-tool
 TENURE=target/debug/tenure
 

@@ -418,20 +418,34 @@ fn load(image: &ImageSystem<'static>) {
         let data = image.data_of(load);
         let size = load.size.get() as usize;
         // Word by word where the destination allows (loads are page
-        // aligned and sized), bytes for any tail; the source is read byte
-        // by byte because the image's blob has no alignment.
+        // aligned and sized), bytes for any tail. Whole words of data are
+        // taken eight bytes at a time (the blob has no alignment, so
+        // through a byte array); past the data the rest is zero, written
+        // without looking at the data at all (most of a memory manager's
+        // pool, for one).
         let words = if base.is_multiple_of(8) { size / 8 } else { 0 };
-        for w in 0..words {
-            let mut bytes = [0u8; 8];
-            for (k, b) in bytes.iter_mut().enumerate() {
-                *b = data.get(w * 8 + k).copied().unwrap_or(0);
-            }
+        let data_words = (data.len() / 8).min(words);
+        let write_word = |w: usize, value: u64| {
             // SAFETY: the tool placed every load in RAM that the kernel
             // and its image do not occupy, for exactly this copy; the
-            // address is 8-byte aligned.
-            unsafe {
-                core::ptr::write_volatile((base + w * 8) as *mut u64, u64::from_le_bytes(bytes))
-            };
+            // address is 8-byte aligned and inside the load.
+            unsafe { core::ptr::write_volatile((base + w * 8) as *mut u64, value) };
+        };
+        for (w, chunk) in data.chunks_exact(8).take(data_words).enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            write_word(w, u64::from_le_bytes(bytes));
+        }
+        // A last word the data only partly fills, then zeros.
+        let partial = data_words < words && data.len() > data_words * 8;
+        if partial {
+            let mut bytes = [0u8; 8];
+            let tail = &data[data_words * 8..];
+            bytes[..tail.len()].copy_from_slice(tail);
+            write_word(data_words, u64::from_le_bytes(bytes));
+        }
+        for w in data_words + usize::from(partial)..words {
+            write_word(w, 0);
         }
         for i in words * 8..size {
             let byte = data.get(i).copied().unwrap_or(0);

@@ -1,6 +1,6 @@
 //! The aarch64 boundary: the Image header and entry, self-relocation, the
-//! EL1 exception vectors, SMCCC calls and the one load that may abort.
-//! Everything `unsafe` about the CPU is here.
+//! EL1 exception vectors, SMCCC calls, the one load that may abort and
+//! the counters `bench` reads. Everything `unsafe` about the CPU is here.
 //!
 //! Boot contract (Linux's `Documentation/arch/arm64/booting.rst`): the
 //! loader puts the Image at a 2 MiB-aligned RAM address + `TEXT_OFFSET`,
@@ -48,6 +48,7 @@ _start:
     .long   0
 
 .Lentry:
+    mrs     x21, cntvct_el0         // when the guest started, for `bench`
     msr     daifset, #0xf
     mov     x19, x0                 // the device tree
 
@@ -95,6 +96,7 @@ _start:
     mov     x1, x20
     mrs     x2, CurrentEL
     ubfx    x2, x2, #2, #2
+    mov     x3, x21
     bl      guest_main
 .Lhalt:
     wfi
@@ -271,6 +273,56 @@ fn far_el1() -> u64 {
     // SAFETY: as for `esr_el1`.
     unsafe { asm!("mrs {}, far_el1", out(reg) far, options(nomem, nostack, preserves_flags)) };
     far
+}
+
+/// CNTVCT_EL0, the virtual count: EL1 reads it whatever CNTKCTL_EL1 says
+/// (Arm ARM, CNTVCT_EL0).
+pub fn virtual_count() -> u64 {
+    let count: u64;
+    // SAFETY: reading the virtual counter has no effects.
+    // Not `nomem`: the compiler keeps it where it is among the memory
+    // accesses it times.
+    unsafe { asm!("mrs {}, cntvct_el0", out(reg) count, options(nostack, preserves_flags)) };
+    count
+}
+
+/// CNTFRQ_EL0, the counter's frequency in Hz as the firmware set it.
+pub fn counter_frequency() -> u64 {
+    let hz: u64;
+    // SAFETY: as for `virtual_count`.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack, preserves_flags)) };
+    hz
+}
+
+/// ID_AA64DFR0_EL1.PMUVer, bits 11:8: 0 means no PMU, 0xf one that is not
+/// PMUv3 (Arm ARM, ID_AA64DFR0_EL1).
+const PMUVER_SHIFT: u64 = 8;
+const PMUVER_MASK: u64 = 0xf;
+
+/// Whether the CPU has a PMUv3, so that [`instructions`] may read it.
+pub fn has_pmu() -> bool {
+    let dfr0: u64;
+    // SAFETY: reading an ID register has no effects.
+    unsafe {
+        asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack, preserves_flags))
+    };
+    let version = (dfr0 >> PMUVER_SHIFT) & PMUVER_MASK;
+    version != 0 && version != PMUVER_MASK
+}
+
+/// PMU event counter 0 (PMEVCNTR0_EL0), where Tenure's `benchmark` kernel
+/// counts INST_RETIRED at every EL. Only on a CPU with a PMUv3
+/// ([`has_pmu`]): elsewhere the read is undefined and the guest stops
+/// with an unexpected exception.
+pub fn instructions() -> u32 {
+    let n: u64;
+    // SAFETY: reading a counter has no effects. A PMUv3 has event counter
+    // 0 on every core the guest runs on (Cortex-A53 and A72 have six);
+    // EL1 reads it unless MDCR_EL2.TPM traps it, which Tenure's kernel
+    // leaves clear. Not `nomem`, as in `virtual_count`.
+    unsafe { asm!("mrs {}, pmevcntr0_el0", out(reg) n, options(nostack, preserves_flags)) };
+    // The counter is 32 bits wide (PMCR_EL0.LP clear).
+    n as u32
 }
 
 /// The SMCCC conduit the device tree's `/psci` node names.

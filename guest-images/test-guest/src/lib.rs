@@ -7,10 +7,12 @@
 //! (`probes=...`, `expect=...`, `secret=...`), `probe` turns each probe
 //! into hypercall steps with their expected return codes and says where
 //! they point in the guest's memory (`probe::Layout`), and `tap` prints
-//! the results, the plan line and the sentinel.
+//! the results, the plan line and the sentinel. `bench` holds what the
+//! `bench` probe times and the `BENCH` lines it prints.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod bootargs;
 pub mod probe;
 pub mod tap;

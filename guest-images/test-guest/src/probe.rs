@@ -79,6 +79,15 @@ pub enum Probe {
     SecretWrite,
     /// In a later boot: the secret page reads all zeros.
     SecretRead,
+    /// Times the hypervisor (`crate::bench`): prints `BENCH` lines for
+    /// the boot, [`bench::POPULATE_PAGES`] first touches of unpopulated
+    /// RAM and [`bench::ROUNDS`] rounds of its steps (MEM_SHARE and
+    /// MEM_UNSHARE of a page), then `BENCH_DONE`. Once per boot: a second
+    /// run finds the pages populated.
+    ///
+    /// [`bench::POPULATE_PAGES`]: crate::bench::POPULATE_PAGES
+    /// [`bench::ROUNDS`]: crate::bench::ROUNDS
+    Bench,
 }
 
 /// The probes `hostile` stands for, in order.
@@ -97,7 +106,7 @@ pub const HOSTILE: [Probe; 10] = [
 
 impl Probe {
     /// Every probe, in the order of the list above.
-    pub const ALL: [Probe; 18] = [
+    pub const ALL: [Probe; 19] = [
         Probe::Print,
         Probe::Meminfo,
         Probe::Share,
@@ -116,6 +125,7 @@ impl Probe {
         Probe::Outside,
         Probe::SecretWrite,
         Probe::SecretRead,
+        Probe::Bench,
     ];
 
     /// The probe's name in bootargs and in its TAP line.
@@ -140,6 +150,7 @@ impl Probe {
             Probe::Outside => "outside",
             Probe::SecretWrite => "secret-write",
             Probe::SecretRead => "secret-read",
+            Probe::Bench => "bench",
         }
     }
 
@@ -150,7 +161,8 @@ impl Probe {
     }
 
     /// The hypercalls of the probe, in order; empty for probes that make
-    /// none (their work is memory accesses).
+    /// none (their work is memory accesses). `bench` makes its steps once
+    /// per round.
     #[must_use]
     pub const fn steps(self) -> &'static [Step] {
         use Page::{Device, LastRam, Outside};
@@ -237,6 +249,14 @@ impl Probe {
             }
             Probe::UnknownCall => {
                 const { &[Step::new(UNKNOWN_CALL, Page::Fixed(0), Ret::NotSupported)] }
+            }
+            Probe::Bench => {
+                const {
+                    &[
+                        Step::new(SHARE, Page::Scratch(Scratch::Bench), Ret::Success),
+                        Step::new(UNSHARE, Page::Scratch(Scratch::Bench), Ret::Success),
+                    ]
+                }
             }
             Probe::Print
             | Probe::Meminfo
@@ -334,11 +354,13 @@ pub enum Scratch {
     Refused = 5,
     /// The default secret page of `secret-write` and `secret-read`.
     Secret = 6,
+    /// Shared and unshared round after round by `bench`.
+    Bench = 7,
 }
 
 impl Scratch {
     /// Scratch pages the probes use; `link.ld` reserves at least this many.
-    pub const COUNT: u64 = 7;
+    pub const COUNT: u64 = 8;
 }
 
 /// Where a step's `x1` points.
@@ -496,7 +518,7 @@ mod tests {
             };
             assert!(p.steps().iter().any(refused), "{p:?}");
         }
-        for p in [Probe::Share, Probe::Unshare, Probe::Relinquish] {
+        for p in [Probe::Share, Probe::Unshare, Probe::Relinquish, Probe::Bench] {
             assert!(p.steps().iter().all(|s| s.tenure == Ret::Success), "{p:?}");
         }
     }

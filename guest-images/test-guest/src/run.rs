@@ -7,6 +7,7 @@ use core::panic::PanicInfo;
 use core::ptr;
 use fdt::Fdt;
 use tenure_abi::hvc::{Function, GRANULE, MEMINFO_HAS_RANGE, Ret};
+use tenure_test_guest::bench::{self, Figure, POPULATE_PAGES, ROUNDS, WARMUP};
 use tenure_test_guest::bootargs::{End, Entry, Plan};
 use tenure_test_guest::probe::{
     Expect, Layout, PAGE_WORDS, Page, Probe, Scratch, Step, check_zeroed, secret_word,
@@ -24,12 +25,15 @@ struct Guest {
     layout: Layout,
     expect: Expect,
     el: u64,
+    /// The virtual count at the guest's first instruction and right
+    /// before its first console byte, for `bench`.
+    boot_counts: [u64; 2],
 }
 
 /// Rust entry, from `_start` with the device tree's address, the image's
-/// load address and the exception level.
+/// load address, the exception level and the virtual count at `_start`.
 #[unsafe(no_mangle)]
-extern "C" fn guest_main(dtb: u64, load: u64, el: u64) -> ! {
+extern "C" fn guest_main(dtb: u64, load: u64, el: u64, entry_count: u64) -> ! {
     // SAFETY: the boot protocol passes the device tree's address in x0;
     // `from_ptr` checks its header before reading the rest, and nothing
     // writes to it while the guest runs.
@@ -77,7 +81,8 @@ extern "C" fn guest_main(dtb: u64, load: u64, el: u64) -> ! {
         image: [image.start, image.scratch],
         dtb: [dtb, dtb + fdt.total_size() as u64],
     };
-    let guest = Guest { layout, expect: plan.expect, el };
+    let first_output = arch::virtual_count();
+    let guest = Guest { layout, expect: plan.expect, el, boot_counts: [entry_count, first_output] };
 
     println!(
         "# tenure-test-guest {}: EL{el}, image at {load:#x}..{:#x}, device tree at {dtb:#x}, RAM {:#x}..{:#x}, PL011 at {uart:#x}",
@@ -129,6 +134,7 @@ impl Guest {
             Probe::Outside => outside(self.layout.ram_end),
             Probe::SecretWrite => secret_write(self.layout.secret),
             Probe::SecretRead => read_zeroed(self.layout.secret, false),
+            Probe::Bench => self.bench(probe.steps()),
             Probe::Share => {
                 self.steps(probe.steps())?;
                 // Shared in place: the page still reads what it is written.
@@ -154,20 +160,78 @@ impl Guest {
         for (i, step) in steps.iter().enumerate() {
             let x1 = self.layout.address(step.page);
             let [x0, done, ..] = arch::smccc(step.call.id, [x1, step.granules, step.x3]);
-            let want = step.want(self.expect);
-            if x0 != want.raw() {
-                return Err(Failure::Returned {
-                    step: i + 1,
-                    call: step.call,
-                    args: [x1, step.granules],
-                    got: x0,
-                    want,
-                });
-            }
-            if want == Ret::Success && done != step.granules {
-                return Err(Failure::Done { call: step.call, got: done, want: step.granules });
+            self.check(i, step, x1, [x0, done])?;
+        }
+        Ok(())
+    }
+
+    /// Checks the code (`x0`) and granules done (`x1`) that step number
+    /// `i` of a probe returned; `x1` is the address it named.
+    fn check(&self, i: usize, step: &Step, x1: u64, [x0, done]: [u64; 2]) -> Result<(), Failure> {
+        let want = step.want(self.expect);
+        if x0 != want.raw() {
+            return Err(Failure::Returned {
+                step: i + 1,
+                call: step.call,
+                args: [x1, step.granules],
+                got: x0,
+                want,
+            });
+        }
+        if want == Ret::Success && done != step.granules {
+            return Err(Failure::Done { call: step.call, got: done, want: step.granules });
+        }
+        Ok(())
+    }
+
+    /// The `bench` probe (`tenure_test_guest::bench`): the boot figures,
+    /// then the first touches, then `steps` round after round (each
+    /// step's mean on a line of its own), then `BENCH_DONE`.
+    fn bench(&self, steps: &[Step]) -> Result<(), Failure> {
+        let [first, end] = bench::touch_pages(&self.layout).map_err(Failure::Layout)?;
+        let mut out = console::Console;
+        let hz = arch::counter_frequency();
+        let [entry, output] = self.boot_counts.map(|ticks| bench::nanoseconds(ticks, hz));
+        let _ = bench::line(&mut out, bench::name::RESET_TO_ENTRY, Figure::Total(entry));
+        let _ = bench::line(&mut out, bench::name::RESET_TO_OUTPUT, Figure::Total(output));
+
+        // Without a PMU the figures read 0 and the probe runs all the same.
+        let pmu = arch::has_pmu();
+        let count = || if pmu { arch::instructions() } else { 0 };
+
+        let start = count();
+        for page in (first..end).step_by(GRANULE as usize) {
+            // SAFETY: `touch_pages` keeps the pages in RAM, clear of the
+            // image, its stack and scratch pages, the device tree and the
+            // secret page, so nothing of the guest's uses them; reading
+            // them changes nothing.
+            let _ = unsafe { ptr::read_volatile(page as *const u64) };
+        }
+        let total = bench::counted(start, count());
+        let _ = bench::line(
+            &mut out,
+            bench::name::POPULATE,
+            Figure::Mean { total, count: POPULATE_PAGES },
+        );
+
+        // The steps are MEM_SHARE then MEM_UNSHARE of one page.
+        let mut totals = [0; 2];
+        for round in 0..WARMUP + ROUNDS {
+            for (i, (step, total)) in steps.iter().zip(&mut totals).enumerate() {
+                let x1 = self.layout.address(step.page);
+                let start = count();
+                let [x0, done, ..] = arch::smccc(step.call.id, [x1, step.granules, step.x3]);
+                let spent = bench::counted(start, count());
+                self.check(i, step, x1, [x0, done])?;
+                if round >= WARMUP {
+                    *total += spent;
+                }
             }
         }
+        for (name, total) in [bench::name::SHARE, bench::name::UNSHARE].into_iter().zip(totals) {
+            let _ = bench::line(&mut out, name, Figure::Mean { total, count: ROUNDS });
+        }
+        println!("{}", bench::DONE);
         Ok(())
     }
 

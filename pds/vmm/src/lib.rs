@@ -49,10 +49,10 @@
 //!   start: [`boot::reboot`] (mm `Teardown`, then `init`'s loading again,
 //!   with the second device tree if system.xml gives one) and
 //!   [`Vmm::reset`]. An `Err` is reported on the console and the guest
-//!   stays stopped. A test guest's TAP and the VMM's own checks of it
-//!   ([`selftest`]) go to the kernel's console; a stream of several boots
-//!   or VMMs is numbered through and closed by its last PD
-//!   ([`selftest::Relay`]).
+//!   stays stopped. A test guest's TAP, its `BENCH` lines and the VMM's
+//!   own checks of it ([`selftest`]) go to the kernel's console; a stream
+//!   of several boots or VMMs is numbered through and closed by its last
+//!   PD ([`selftest::Relay`]).
 //! - `notified`: the previous VMM of a TAP stream is done, if the VMM
 //!   waits for one: it boots its guest then (guest console input and
 //!   passthrough interrupts are still to come); `protected`: none, nobody

@@ -42,8 +42,8 @@
 //! `init` creates the guest with mm, loads it ([`tenure_vmm::boot`]), sets
 //! the boot registers and restarts the vCPU. `fault` turns each exit into
 //! the library's decision and resumes the guest unless it stopped. A test
-//! guest's TAP goes to the kernel's console with the VMM's own checks
-//! added ([`tenure_vmm::selftest`]).
+//! guest's TAP and `BENCH` lines go to the kernel's console, with the
+//! VMM's own checks added ([`tenure_vmm::selftest`]).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -60,7 +60,7 @@ mod pd {
     use tenure_vmm::boot::{self, BootError};
     use tenure_vmm::exit;
     use tenure_vmm::fdt;
-    use tenure_vmm::selftest::{Relay, Route, SelfTest};
+    use tenure_vmm::selftest::{LoadTimes, Relay, Route, SelfTest};
     use tenure_vmm::{Console, Decision, Halt, Layout, Vmm, VmmError};
 
     /// The protected procedure calls to mm.
@@ -111,9 +111,11 @@ mod pd {
 
     impl Console for GuestConsole {
         fn write(&mut self, bytes: &[u8]) {
+            // The guest ends its lines with "\r\n"; the runners and
+            // `grep '^BENCH '` read them as the PDs print theirs.
             let tap = |bytes: &[u8]| {
-                let text = core::str::from_utf8(bytes).unwrap_or("?\n");
-                let _ = KernelConsole.write_str(text);
+                let text = core::str::from_utf8(bytes).unwrap_or("?");
+                let _ = writeln!(KernelConsole, "{}", text.trim_end_matches(['\r', '\n']));
             };
             match self.selftest.route(bytes) {
                 Route::Console => self.writer().write_bytes(bytes),
@@ -124,6 +126,9 @@ mod pd {
                 }
                 Route::Plan(n) => {
                     let _ = writeln!(KernelConsole, "1..{n}");
+                }
+                Route::BenchDone => {
+                    let _ = self.selftest.bench_done(&mut KernelConsole);
                 }
                 Route::Withheld => {}
             }
@@ -175,6 +180,25 @@ mod pd {
         unsafe { core::ptr::read_volatile(window as *const u64) }
     }
 
+    /// The system counter (CNTPCT_EL0, which PDs may read) and its
+    /// frequency (CNTFRQ_EL0).
+    fn counter() -> (u64, u64) {
+        let (count, hz): (u64, u64);
+        // SAFETY: reading the counter registers has no effects; the kernel
+        // lets EL0 read them (CNTKCTL_EL1). Not `nomem`: the read stays
+        // where it is among the work it times.
+        unsafe {
+            core::arch::asm!(
+                "mrs {c}, cntpct_el0",
+                "mrs {f}, cntfrq_el0",
+                c = out(reg) count,
+                f = out(reg) hz,
+                options(nostack, preserves_flags),
+            )
+        };
+        (count, hz)
+    }
+
     /// The relay page, if system.xml maps one.
     fn relay_page() -> Option<*mut [u64; Relay::WORDS]> {
         let addr = *var!(tap_relay: usize = 0);
@@ -197,6 +221,8 @@ mod pd {
     struct VmmPd {
         /// `None` if the guest could not be started.
         vmm: Option<Vmm>,
+        /// The system counter when `init` began.
+        init_count: u64,
         /// The guest's kernel's first page, for the monitor's probe.
         kernel: u64,
         vcpu: Vcpu,
@@ -206,6 +232,7 @@ mod pd {
     }
 
     fn init() -> VmmPd {
+        let init_count = counter().0;
         // SAFETY: system.xml maps this PD's serial client region at
         // `serial_region` (the contract in the module docs).
         let region = unsafe { region_at(*var!(serial_region: usize = 0)) };
@@ -220,6 +247,7 @@ mod pd {
         };
         let mut pd = VmmPd {
             vmm: None,
+            init_count,
             kernel: 0,
             vcpu,
             mm: MM,
@@ -276,10 +304,14 @@ mod pd {
         }
 
         fn start(&mut self) -> Result<Vmm, StartError> {
+            let (begun, _) = counter();
             let layout = self.layout()?;
             let (image, dtb) = (self.files.image, self.files.dtb);
             let (layout, plan) = boot::boot_own(&mut self.mm, &layout, image, dtb, write_window)
                 .map_err(StartError::Boot)?;
+            let (loaded, frequency) = counter();
+            let load = LoadTimes { init: self.init_count, begun, loaded, frequency };
+            self.console.selftest.loaded(load);
             let vmm = Vmm::new(layout).map_err(StartError::Layout)?;
             self.kernel = plan.kernel;
             self.run(&plan)?;

@@ -39,6 +39,18 @@
 //! suite that drops a probe cannot pass by accident. A guest without a
 //! plan line is no test guest: its lines all go to the serial PD and
 //! nothing is added.
+//!
+//! # Benchmarks
+//!
+//! A guest's `BENCH <name> <value>` lines go to the kernel's console as
+//! they are, where `ci/bench/kernel.sh` reads them (`guest-images/
+//! test-guest`'s `bench` probe prints them); before the guest's
+//! `BENCH_DONE` the VMM adds its own part of the guest's boot
+//! ([`LoadTimes`], [`SelfTest::bench_done`]). From the guest's first
+//! `BENCH` line to its `BENCH_DONE` the VMM asks mm nothing for its
+//! checks: the guest is timing its memory calls, and the Queries would
+//! count in its figures. It still tracks which pages are shared, and
+//! checks the calls before and after.
 
 use crate::Decision;
 use crate::exit::Event;
@@ -65,8 +77,8 @@ pub const RELAY_SHARED: usize = 8;
 pub enum Route<'a> {
     /// To the serial PD, labelled.
     Console,
-    /// To the kernel's console as it is (the sentinel of a guest that
-    /// printed no plan).
+    /// To the kernel's console as it is: a `BENCH` line, or the sentinel
+    /// of a guest that printed no plan.
     Tap,
     /// To the kernel's console: a TAP result, numbered in the suite's
     /// stream.
@@ -80,6 +92,9 @@ pub enum Route<'a> {
     },
     /// To the kernel's console: the plan, raised to this count.
     Plan(u32),
+    /// To the kernel's console: the guest's `BENCH_DONE`, after the VMM's
+    /// own figures ([`SelfTest::bench_done`]).
+    BenchDone,
     /// Nowhere yet: the guest's sentinel, printed after the VMM's checks;
     /// a later boot's plan, or any plan of a deferred stream, added to
     /// the plan printed last.
@@ -209,7 +224,44 @@ pub struct SelfTest {
     revoked: Tally,
     /// Another VMM's guest's shared pages, looked up in this window.
     foreign: Tally,
+    /// Between the guest's first `BENCH` line and its `BENCH_DONE`: no
+    /// Queries to mm.
+    benchmarking: bool,
+    /// The VMM's part of the first boot.
+    load: Option<LoadTimes>,
 }
+
+/// The VMM's part of a guest's boot, in ticks of the system counter
+/// (CNTPCT_EL0, which counts from reset).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LoadTimes {
+    /// When the VMM's `init` began: the kernel had booted and the PDs
+    /// of higher priority had run theirs.
+    pub init: u64,
+    /// When it began to load the guest: at `init`, or when the VMM
+    /// before it notified it.
+    pub begun: u64,
+    /// When it had loaded the guest, before it started the vCPU.
+    pub loaded: u64,
+    /// The counter's frequency (CNTFRQ_EL0), in Hz.
+    pub frequency: u64,
+}
+
+/// Nanoseconds in `ticks` of a counter at `frequency` Hz (0 if unknown):
+/// instructions under QEMU's `-icount shift=0`.
+#[must_use]
+pub const fn nanoseconds(ticks: u64, frequency: u64) -> u64 {
+    if frequency == 0 {
+        return 0;
+    }
+    let ns = ticks as u128 * 1_000_000_000 / frequency as u128;
+    if ns > u64::MAX as u128 { u64::MAX } else { ns as u64 }
+}
+
+/// What starts a benchmark's line: `BENCH <name> <value>`.
+pub const BENCH_PREFIX: &str = "BENCH ";
+/// The line that ends a benchmark's figures.
+pub const BENCH_DONE: &str = "BENCH_DONE";
 
 /// A TAP result line: `prefix`, a number, the rest.
 fn result<'a>(line: &'a str, prefix: &str) -> Option<(u32, &'a str)> {
@@ -269,6 +321,14 @@ impl SelfTest {
             }
             return Route::Plan(n.saturating_add(self.checks()));
         }
+        if line.starts_with(BENCH_PREFIX) {
+            self.benchmarking = true;
+            return Route::Tap;
+        }
+        if line == BENCH_DONE {
+            self.benchmarking = false;
+            return Route::BenchDone;
+        }
         let ok = result(line, "ok ").map(|r| (true, r));
         if let Some((ok, (n, rest))) = ok.or_else(|| result(line, "not ok ").map(|r| (false, r))) {
             self.printed = self.printed.saturating_add(1);
@@ -314,15 +374,16 @@ impl SelfTest {
                 };
                 for i in 0..range.granules.min(QUERY_PAGES) {
                     let ipa = range.start + i * GRANULE;
-                    let state = window_state(mm, layout, ipa);
-                    if share {
-                        self.share.pages += 1;
-                        self.share.wrong += u64::from(state != Some(PageState::SharedBorrowed));
+                    let (tally, want) = if share {
                         self.remember(ipa);
+                        (&mut self.share, PageState::SharedBorrowed)
                     } else {
-                        self.unshare.pages += 1;
-                        self.unshare.wrong += u64::from(state != Some(PageState::NoPage));
                         self.forget(ipa);
+                        (&mut self.unshare, PageState::NoPage)
+                    };
+                    if !self.benchmarking {
+                        tally.pages += 1;
+                        tally.wrong += u64::from(window_state(mm, layout, ipa) != Some(want));
                     }
                 }
             }
@@ -333,7 +394,7 @@ impl SelfTest {
                 // Refused: the first page the call names, if it is RAM,
                 // must be in the window exactly if the guest shares it.
                 let ipa = call.args[0] & !(GRANULE - 1);
-                if !layout.ram.contains(ipa) {
+                if !layout.ram.contains(ipa) || self.benchmarking {
                     return;
                 }
                 let want = if self.shared.contains(&Some(ipa)) {
@@ -347,6 +408,26 @@ impl SelfTest {
             (_, Decision::Injected(done)) if done.reason == Reason::Outside => self.outside += 1,
             _ => {}
         }
+    }
+
+    /// Notes the VMM's part of the guest's boot; the first boot's stays.
+    pub fn loaded(&mut self, times: LoadTimes) {
+        self.load.get_or_insert(times);
+    }
+
+    /// At the guest's `BENCH_DONE`: prints the VMM's figures of the boot,
+    /// then `BENCH_DONE`. `guest_reset_to_vmm` is reset to the VMM's
+    /// `init` (the kernel's boot, then the `init`s of higher priority),
+    /// `guest_vmm_load` its loading of the guest (`CreateGuest`,
+    /// then each page of the image and device tree populated in its
+    /// window, copied and donated), both in nanoseconds.
+    pub fn bench_done(&self, out: &mut impl Write) -> fmt::Result {
+        if let Some(LoadTimes { init, begun, loaded, frequency }) = self.load {
+            let ns = |ticks| nanoseconds(ticks, frequency);
+            writeln!(out, "{BENCH_PREFIX}guest_reset_to_vmm {}", ns(init))?;
+            writeln!(out, "{BENCH_PREFIX}guest_vmm_load {}", ns(loaded.saturating_sub(begun)))?;
+        }
+        writeln!(out, "{BENCH_DONE}")
     }
 
     fn remember(&mut self, ipa: u64) {
@@ -598,6 +679,59 @@ mod tests {
         assert_eq!(t.route(b"ok x\n"), Route::Console);
         assert_eq!(t.route(b"\xff\n"), Route::Console);
         assert_eq!(t.route(b"TEST_PASS\n"), Route::Withheld);
+    }
+
+    #[test]
+    fn bench_lines_go_out_as_they_are_and_pause_the_window_checks() {
+        let (mut t, mut mm) = (SelfTest::new(), FakeMm::default());
+        t.route(b"1..2\n");
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        assert_eq!(t.route(b"BENCH guest_reset_to_output 556192\r\n"), Route::Tap);
+        let before = mm.requests.len();
+        // Timed calls, a refused one among them: mm sees only the calls.
+        for _ in 0..3 {
+            mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_7000, 1);
+            mem(&mut t, &mut mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_7000, 1);
+        }
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_7000, 1);
+        assert_eq!(mm.requests.len(), before + 8, "no Query while benchmarking");
+        assert_eq!(t.route(b"BENCH_DONE\n"), Route::BenchDone);
+        assert_eq!(
+            (t.share, t.unshare, t.refused),
+            (Tally { pages: 1, wrong: 0 }, Tally::default(), Tally::default())
+        );
+        // The pages still shared are known all the same.
+        let mut shared: Vec<u64> = t.shared().into_iter().flatten().collect();
+        shared.sort_unstable();
+        assert_eq!(shared, [RAM + 0x10_0000, RAM + 0x10_7000]);
+        // After BENCH_DONE the checks go on.
+        mem(&mut t, &mut mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_7000, 1);
+        assert_eq!(t.unshare, Tally { pages: 1, wrong: 0 });
+        assert_eq!(
+            t.route(b"ok 1 - bench\n"),
+            Route::Result { ok: true, number: 1, rest: " - bench" }
+        );
+        assert_eq!(t.route(b"BENCHMARK\n"), Route::Console, "not a BENCH line");
+    }
+
+    #[test]
+    fn the_vmm_adds_its_part_of_the_boot_before_bench_done() {
+        let mut t = SelfTest::new();
+        let mut out = String::new();
+        t.bench_done(&mut out).unwrap();
+        assert_eq!(out, "BENCH_DONE\n", "nothing recorded");
+        let hz = 62_500_000;
+        t.loaded(LoadTimes { init: 5_000_000, begun: 5_000_100, loaded: 5_117_100, frequency: hz });
+        t.loaded(LoadTimes { init: 9_000_000, begun: 9_000_000, loaded: 9_200_000, frequency: hz });
+        out.clear();
+        t.bench_done(&mut out).unwrap();
+        assert_eq!(
+            out,
+            "BENCH guest_reset_to_vmm 80000000\nBENCH guest_vmm_load 1872000\nBENCH_DONE\n"
+        );
+        assert_eq!(nanoseconds(1, 62_500_000), 16);
+        assert_eq!(nanoseconds(1, 0), 0);
     }
 
     #[test]
