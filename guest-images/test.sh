@@ -19,7 +19,7 @@ IMAGE=build/guest-images/test-guest.Image
 LOGS=build/guest-images
 TIMEOUT=${GUEST_TIMEOUT:-30}
 # Every probe that runs without a hypervisor, in one boot.
-NATIVE_PROBES=print,meminfo,share,unshare,relinquish,hostile,outside,secret-write,off
+NATIVE_PROBES=print,meminfo,share,unshare,relinquish,hostile,outside,gicc-iidr,secret-write,off
 
 passed=0
 failed=0

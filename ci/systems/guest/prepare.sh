@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build what the guest suites (guest, guest_reset, guest_pair) pack
 # besides their system.xml: the PDs they run (serial, mm, vmm: workspace
-# crates, not the suites' own) and, in build/guest-images/, the test
+# crates; guest_pair's parent, guest_reset's guest_monitor) and, in build/guest-images/, the test
 # guest's Image and one device tree per boot with that boot's bootargs.
 # `tenure test` finds the PDs in target/aarch64-unknown-none/release and
 # the guest's files in build/guest-images. ci/test.sh runs this before
@@ -13,12 +13,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 
 # The probes: every one that runs in a single boot (the hostile ten
-# included), then power off; the VMM's checks need share, unshare and
-# outside.
-BOOTARGS="probes=print,meminfo,share,unshare,relinquish,hostile,outside,off expect=tenure"
+# included), then power off; the VMM's checks need share, unshare,
+# outside and gicc-iidr (the GICV page system.xml passes through).
+BOOTARGS="probes=print,meminfo,share,unshare,relinquish,hostile,outside,gicc-iidr,off expect=tenure"
 
 cargo build -q --release --target aarch64-unknown-none \
-    -p tenure-serial -p tenure-mm -p tenure-vmm
+    -p tenure-serial -p tenure-mm -p tenure-vmm -p tenure-guest-monitor-pd
 guest-images/build.sh
 guest-images/dtb.sh "$BOOTARGS" build/guest-images/guest-suite.dtb
 

@@ -226,6 +226,26 @@ pub fn guarded_read(addr: u64) -> Result<u64, Abort> {
     }
 }
 
+/// Loads the word (32 bits) at `addr`, which may abort, as
+/// [`guarded_read`] does: device registers that take only word accesses,
+/// such as the GIC's.
+pub fn guarded_read32(addr: u64) -> Result<u32, Abort> {
+    ABORT_TAKEN.store(false, Ordering::SeqCst);
+    ABORT_EXPECTED.store(true, Ordering::SeqCst);
+    let value: u32;
+    // SAFETY: as in `guarded_read`: one 4-byte `ldr`, which changes no
+    // memory; an abort resumes past it with the zero written before.
+    unsafe {
+        asm!("mov {v:w}, wzr", "ldr {v:w}, [{a}]", a = in(reg) addr, v = out(reg) value, options(nostack));
+    }
+    ABORT_EXPECTED.store(false, Ordering::SeqCst);
+    if ABORT_TAKEN.load(Ordering::SeqCst) {
+        Err(Abort { esr: ABORT_ESR.load(Ordering::SeqCst), far: ABORT_FAR.load(Ordering::SeqCst) })
+    } else {
+        Ok(value)
+    }
+}
+
 /// Where an exception came from, by vector index.
 fn vector_name(vector: u64) -> (&'static str, &'static str) {
     let kind = ["synchronous", "IRQ", "FIQ", "SError"][(vector % 4) as usize];

@@ -143,6 +143,7 @@ mod tests {
         secret: 0x4009_b000 + Scratch::Secret as u64 * GRANULE,
         image: [0x4008_0000, 0x4009_b000],
         dtb: [0x4020_0000, 0x4020_1000],
+        gicc: Some(0x0801_0000),
     };
 
     #[test]

@@ -88,6 +88,11 @@ pub enum Probe {
     /// [`bench::POPULATE_PAGES`]: crate::bench::POPULATE_PAGES
     /// [`bench::ROUNDS`]: crate::bench::ROUNDS
     Bench,
+    /// Reads GICC_IIDR, the GIC CPU interface's identification register,
+    /// at the address the device tree gives: a GICv1 or GICv2 interface
+    /// must answer. Under Tenure that is the GICV page, which mm maps
+    /// only when this first access faults.
+    GiccIidr,
 }
 
 /// The probes `hostile` stands for, in order.
@@ -106,7 +111,7 @@ pub const HOSTILE: [Probe; 10] = [
 
 impl Probe {
     /// Every probe, in the order of the list above.
-    pub const ALL: [Probe; 19] = [
+    pub const ALL: [Probe; 20] = [
         Probe::Print,
         Probe::Meminfo,
         Probe::Share,
@@ -126,6 +131,7 @@ impl Probe {
         Probe::SecretWrite,
         Probe::SecretRead,
         Probe::Bench,
+        Probe::GiccIidr,
     ];
 
     /// The probe's name in bootargs and in its TAP line.
@@ -151,6 +157,7 @@ impl Probe {
             Probe::SecretWrite => "secret-write",
             Probe::SecretRead => "secret-read",
             Probe::Bench => "bench",
+            Probe::GiccIidr => "gicc-iidr",
         }
     }
 
@@ -262,7 +269,8 @@ impl Probe {
             | Probe::Meminfo
             | Probe::Outside
             | Probe::SecretWrite
-            | Probe::SecretRead => const { &[] },
+            | Probe::SecretRead
+            | Probe::GiccIidr => const { &[] },
         }
     }
 }
@@ -363,6 +371,22 @@ impl Scratch {
     pub const COUNT: u64 = 8;
 }
 
+/// Offset of GICC_IIDR, the CPU interface's identification register
+/// (Arm IHI 0048B 4.4.14).
+pub const GICC_IIDR: u64 = 0xfc;
+
+/// Whether `iidr`, read from GICC_IIDR, names a GIC CPU interface:
+/// ArchitectureVersion (bits \[19:16\]) 1 or 2 (GICv1, GICv2) and an
+/// Implementer (bits \[11:0\], a JEP106 code) that is not zero. QEMU's
+/// GICv2 and its virtual CPU interface answer 0x0002_043b (Arm, 0x43b),
+/// on QEMU virt as on raspi4b.
+#[must_use]
+pub const fn gicc_iidr_plausible(iidr: u32) -> bool {
+    let version = (iidr >> 16) & 0xf;
+    let implementer = iidr & 0xfff;
+    (version == 1 || version == 2) && implementer != 0
+}
+
 /// Where a step's `x1` points.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Page {
@@ -399,6 +423,8 @@ pub struct Layout {
     pub image: [u64; 2],
     /// The device tree: `[start, end)`.
     pub dtb: [u64; 2],
+    /// The GIC CPU interface's base, if the device tree has a GICv2.
+    pub gicc: Option<u64>,
 }
 
 impl Layout {
@@ -499,7 +525,21 @@ mod tests {
         secret: 0x4010_6000,
         image: [0x4008_0000, 0x4010_0000],
         dtb: [0x4800_0000, 0x4810_0000],
+        gicc: Some(0x0801_0000),
     };
+
+    #[test]
+    fn gicc_iidr_wants_an_arm_gicv1_or_v2() {
+        // QEMU's GICv2 (and its GICV): Arm, revision 0, version 2.
+        assert!(gicc_iidr_plausible(0x0002_043b));
+        assert!(gicc_iidr_plausible(0x0001_043b), "GICv1");
+        // GIC-400 r0p1: product 0x2, variant 0, revision 1.
+        assert!(gicc_iidr_plausible(0x0202_143b));
+        assert!(!gicc_iidr_plausible(0), "nothing there");
+        assert!(!gicc_iidr_plausible(u32::MAX), "a bus that reads ones");
+        assert!(!gicc_iidr_plausible(0x0003_043b), "GICv3");
+        assert!(!gicc_iidr_plausible(0x0002_0000), "no implementer");
+    }
 
     #[test]
     fn names_round_trip() {

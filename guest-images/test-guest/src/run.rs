@@ -10,7 +10,8 @@ use tenure_abi::hvc::{Function, GRANULE, MEMINFO_HAS_RANGE, Ret};
 use tenure_test_guest::bench::{self, Figure, POPULATE_PAGES, ROUNDS, WARMUP};
 use tenure_test_guest::bootargs::{End, Entry, Plan};
 use tenure_test_guest::probe::{
-    Expect, Layout, PAGE_WORDS, Page, Probe, Scratch, Step, check_zeroed, secret_word,
+    Expect, GICC_IIDR, Layout, PAGE_WORDS, Page, Probe, Scratch, Step, check_zeroed,
+    gicc_iidr_plausible, secret_word,
 };
 use tenure_test_guest::tap::{Failure, Tap};
 
@@ -80,6 +81,7 @@ extern "C" fn guest_main(dtb: u64, load: u64, el: u64, entry_count: u64) -> ! {
         secret: plan.secret.unwrap_or(image.scratch + Scratch::Secret as u64 * GRANULE),
         image: [image.start, image.scratch],
         dtb: [dtb, dtb + fdt.total_size() as u64],
+        gicc: gic_cpu_interface(&fdt),
     };
     let first_output = arch::virtual_count();
     let guest = Guest { layout, expect: plan.expect, el, boot_counts: [entry_count, first_output] };
@@ -135,6 +137,7 @@ impl Guest {
             Probe::SecretWrite => secret_write(self.layout.secret),
             Probe::SecretRead => read_zeroed(self.layout.secret, false),
             Probe::Bench => self.bench(probe.steps()),
+            Probe::GiccIidr => gicc_iidr(self.layout.gicc),
             Probe::Share => {
                 self.steps(probe.steps())?;
                 // Shared in place: the page still reads what it is written.
@@ -264,6 +267,29 @@ fn outside(addr: u64) -> Result<(), Failure> {
                 Err(Failure::WrongAbort { addr, esr, far })
             }
         }
+    }
+}
+
+/// The GICv2 CPU interface's base: the second `reg` entry of the
+/// device tree's GIC node (the first is the distributor).
+fn gic_cpu_interface(fdt: &Fdt<'_>) -> Option<u64> {
+    fdt.find_compatible(&["arm,cortex-a15-gic", "arm,gic-400", "arm,cortex-a9-gic"])
+        .and_then(|node| node.reg())
+        .and_then(|mut reg| reg.nth(1))
+        .map(|region| region.starting_address as u64)
+}
+
+/// Reads GICC_IIDR at `gicc`, the CPU interface the device tree gives;
+/// it must read as a GICv1 or GICv2 interface.
+fn gicc_iidr(gicc: Option<u64>) -> Result<(), Failure> {
+    let gicc = gicc.ok_or(Failure::NoGicc)?;
+    let addr = gicc + GICC_IIDR;
+    match arch::guarded_read32(addr) {
+        Ok(iidr) => {
+            println!("# GICC_IIDR at {addr:#x} reads {iidr:#010x}");
+            if gicc_iidr_plausible(iidr) { Ok(()) } else { Err(Failure::Iidr { addr, got: iidr }) }
+        }
+        Err(Abort { esr, far }) => Err(Failure::DeviceAbort { addr, esr, far }),
     }
 }
 

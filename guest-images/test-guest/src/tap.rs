@@ -72,6 +72,24 @@ pub enum Failure {
         /// What it holds.
         leftover: Leftover,
     },
+    /// The device tree names no GICv2 CPU interface.
+    NoGicc,
+    /// A device register read aborted.
+    DeviceAbort {
+        /// The address read.
+        addr: u64,
+        /// ESR_EL1.
+        esr: u64,
+        /// FAR_EL1.
+        far: u64,
+    },
+    /// GICC_IIDR read as no GICv1 or GICv2 CPU interface.
+    Iidr {
+        /// Its address.
+        addr: u64,
+        /// What it read.
+        got: u32,
+    },
     /// The guest's memory cannot hold the probes.
     Layout(&'static str),
     /// A probe name the guest does not know.
@@ -126,6 +144,14 @@ impl Display for Failure {
             Failure::Leftover { page, leftover: Leftover::Garbage { offset, value } } => {
                 write!(f, "page {page:#x} is not zeroed: {value:#x} at offset {offset:#x}")
             }
+            Failure::NoGicc => f.write_str("the device tree has no GICv2 CPU interface"),
+            Failure::DeviceAbort { addr, esr, far } => {
+                write!(f, "reading {addr:#x} aborted: ESR_EL1 {esr:#x} FAR_EL1 {far:#x}")
+            }
+            Failure::Iidr { addr, got } => write!(
+                f,
+                "GICC_IIDR at {addr:#x} reads {got:#010x}, want architecture version 1 or 2 and an implementer"
+            ),
             Failure::Layout(why) => f.write_str(why),
             Failure::Unknown => f.write_str("no such probe"),
             Failure::BadArg => f.write_str("cannot read this bootarg"),

@@ -77,6 +77,10 @@ pub struct Machine {
     pub pl011: u64,
     /// Base of the GICv2 distributor, if there is one.
     pub gic_distributor: Option<u64>,
+    /// The GICv2 CPU interface (the GIC node's second `reg` entry), if
+    /// there is one: the guest reaches it through the GICV page that
+    /// system.xml passes through, which mm maps on the first fault.
+    pub gic_cpu: Option<Range>,
 }
 
 fn be32(b: &[u8], at: usize) -> Result<u32, FdtError> {
@@ -129,7 +133,7 @@ pub fn machine(dtb: &[u8]) -> Result<Machine, FdtError> {
     let (mut address_cells, mut size_cells) = (2, 1);
     let mut depth = 0usize;
     let mut node = Node::default();
-    let (mut ram, mut pl011, mut gicd) = (None, None, None);
+    let (mut ram, mut pl011, mut gicd, mut gicc) = (None, None, None, None);
     let mut at = 0usize;
     loop {
         let token = be32(structure, at)?;
@@ -160,6 +164,14 @@ pub fn machine(dtb: &[u8]) -> Result<Machine, FdtError> {
                             pl011 = Some(base);
                         } else if compatible(node.compatible, GIC_V2) && gicd.is_none() {
                             gicd = Some(base);
+                            // The CPU interface: the second (address, size).
+                            let pair = 4 * (address_cells + size_cells);
+                            if let Some(second) = reg.get(pair..2 * pair) {
+                                gicc = Some(Range {
+                                    start: cells(second, address_cells),
+                                    size: cells(&second[4 * address_cells..], size_cells),
+                                });
+                            }
                         }
                     }
                 }
@@ -191,6 +203,7 @@ pub fn machine(dtb: &[u8]) -> Result<Machine, FdtError> {
         ram: ram.ok_or(FdtError::NoMemory)?,
         pl011: pl011.ok_or(FdtError::NoPl011)?,
         gic_distributor: gicd,
+        gic_cpu: gicc,
     })
 }
 
@@ -304,6 +317,7 @@ mod tests {
                 ram: Range { start: 0x4000_0000, size: 64 << 20 },
                 pl011: 0x0900_0000,
                 gic_distributor: Some(0x0800_0000),
+                gic_cpu: Some(Range { start: 0x0801_0000, size: 0x2000 }),
             })
         );
     }
@@ -332,6 +346,41 @@ mod tests {
         let m = machine(&dtb).unwrap();
         assert_eq!(m.ram, Range { start: 0x8000_0000, size: 0x1000_0000 }, "not soc's child");
         assert_eq!((m.pl011, m.gic_distributor), (0x1c09_0000, None));
+    }
+
+    #[test]
+    fn the_gic_cpu_interface_is_the_second_reg_entry_if_there_is_one() {
+        let gic = |reg: &[u32]| {
+            let dtb = Blob::default()
+                .begin("")
+                .u32s("#address-cells", &[1])
+                .u32s("#size-cells", &[1])
+                .begin("memory@0")
+                .u32s("reg", &[0x8000_0000, 0x1000_0000])
+                .end()
+                .begin("uart")
+                .prop("compatible", b"arm,pl011\0")
+                .u32s("reg", &[0x1c09_0000, 0x1000])
+                .end()
+                .begin("gic")
+                .prop("compatible", b"arm,gic-400\0")
+                .u32s("reg", reg)
+                .end()
+                .end()
+                .build();
+            let m = machine(&dtb).unwrap();
+            (m.gic_distributor, m.gic_cpu)
+        };
+        assert_eq!(
+            gic(&[0xff84_1000, 0x1000, 0xff84_2000, 0x2000]),
+            (Some(0xff84_1000), Some(Range { start: 0xff84_2000, size: 0x2000 }))
+        );
+        assert_eq!(gic(&[0xff84_1000, 0x1000]), (Some(0xff84_1000), None), "no CPU interface");
+        assert_eq!(
+            gic(&[0xff84_1000, 0x1000, 0xff84_2000]),
+            (Some(0xff84_1000), None),
+            "cut short"
+        );
     }
 
     #[test]

@@ -37,7 +37,15 @@
 //!   leaves its counts in the relay page, notifies MONITOR and reads the
 //!   first page of its guest's kernel through its window. mm donated that
 //!   page to the guest, so the read faults and the parent, which closes
-//!   the stream, gets the fault.
+//!   the stream, gets the fault;
+//! - channel 5 (MONITOR_UNSHARED), to its parent, instead: the same, but
+//!   the VMM reads the page its guest shared and then unshared last. The
+//!   guest took the page back, so that read faults too;
+//! - a `setvar` `gicv_paddr` (`region_paddr`: the region passed through
+//!   to the VM at the device tree's GIC CPU interface): the guest must
+//!   touch that device, and the VMM checks that mm mapped it on the
+//!   guest's first access
+//!   ([`tenure_vmm::selftest::SelfTest::expect_device`]).
 //!
 //! `init` creates the guest with mm, loads it ([`tenure_vmm::boot`]), sets
 //! the boot registers and restarts the vCPU. `fault` turns each exit into
@@ -71,8 +79,11 @@ mod pd {
     const PREVIOUS: Channel = Channel::new(3);
     /// The VMM to hand the TAP stream on to, if any.
     const NEXT: Channel = Channel::new(2);
-    /// The parent that closes the stream after this VMM's fault, if any.
+    /// The parent that closes the stream after this VMM's fault, if any:
+    /// the VMM reads a page it donated to the guest.
     const MONITOR: Channel = Channel::new(4);
+    /// As MONITOR, but the VMM reads the page the guest unshared last.
+    const MONITOR_UNSHARED: Channel = Channel::new(5);
 
     /// Whether system.xml gives this PD channel `channel` to notify.
     fn has(channel: Channel) -> bool {
@@ -291,12 +302,17 @@ mod pd {
         /// any until [`boot::boot_own`] finds the VMM's own.
         fn layout(&self) -> Result<Layout, StartError> {
             let machine = fdt::machine(self.files.dtb).map_err(StartError::Fdt)?;
+            // The GIC CPU interface: mm maps it on the guest's first
+            // access if system.xml passes a device through there, and
+            // refuses (the guest gets an abort) if not.
+            let mut passthrough = [None; tenure_vmm::layout::MAX_PASSTHROUGH];
+            passthrough[0] = machine.gic_cpu;
             let layout = Layout {
                 guest: GuestId::new(1).expect("1 is a guest id"),
                 ram: machine.ram,
                 pl011: machine.pl011,
                 gic_distributor: machine.gic_distributor,
-                passthrough: [None; tenure_vmm::layout::MAX_PASSTHROUGH],
+                passthrough,
                 window: WINDOW_IPA,
             };
             layout.check().map_err(StartError::Layout)?;
@@ -313,6 +329,10 @@ mod pd {
             let load = LoadTimes { init: self.init_count, begun, loaded, frequency };
             self.console.selftest.loaded(load);
             let vmm = Vmm::new(layout).map_err(StartError::Layout)?;
+            if *var!(gicv_paddr: usize = 0) != 0 {
+                // Before the guest runs: the device must not be mapped yet.
+                self.console.selftest.expect_device(&layout, &mut self.mm);
+            }
             self.kernel = plan.kernel;
             self.run(&plan)?;
             self.console.say(format_args!(
@@ -334,7 +354,8 @@ mod pd {
             let Some(vmm) = &self.vmm else { return };
             let layout = *vmm.layout();
             let page = relay_page();
-            let hand_on = page.is_some() && (has(NEXT) || has(MONITOR));
+            let monitor = [MONITOR_UNSHARED, MONITOR].into_iter().find(|&c| has(c));
+            let hand_on = page.is_some() && (has(NEXT) || monitor.is_some());
             let Ok(mut relay) = self.console.selftest.finish(
                 &layout,
                 &mut self.mm,
@@ -350,34 +371,41 @@ mod pd {
                 NEXT.notify();
                 return;
             }
+            let Some(monitor) = monitor else { return };
             // MONITOR: the guest's first kernel page, donated to it, through
             // the window where the VMM wrote it before the donation.
-            let Some(probe) = layout.window_of(self.kernel) else {
+            // MONITOR_UNSHARED: the page the guest shared and unshared last.
+            let (page_ipa, what) = if monitor == MONITOR_UNSHARED {
+                (self.console.selftest.unshared(), "unshared")
+            } else {
+                (Some(self.kernel), "donated")
+            };
+            let window = page_ipa.and_then(|ipa| Some((ipa, layout.window_of(ipa)?)));
+            let Some((ipa, probe)) = window else {
                 let _ = writeln!(
                     KernelConsole,
-                    "not ok {} - vmm: the guest's kernel at {:#x} has no window address\n1..{}\n\
-                     TEST_FAIL",
+                    "not ok {} - vmm: no {what} guest page to read through the window \
+                     (guest page {page_ipa:#x?})\n1..{}\nTEST_FAIL",
                     relay.printed + 1,
-                    self.kernel,
                     relay.planned + 1
                 );
                 return;
             };
             relay.probe = probe;
             write_relay(page, &relay);
-            MONITOR.notify();
+            monitor.notify();
             let _ = writeln!(
                 KernelConsole,
-                "# vmm: reading guest page {:#x} through the window at {probe:#x}",
-                self.kernel
+                "# vmm: reading {what} guest page {ipa:#x} through the window at {probe:#x}"
             );
             // SAFETY: not sound on purpose: mm took the page out of this
-            // PD's window when it donated it, so the read faults and the
-            // kernel stops this PD there; the parent reports the fault.
+            // PD's window when it donated it or when the guest unshared
+            // it, so the read faults and the kernel stops this PD there;
+            // the parent reports the fault.
             let word = unsafe { core::ptr::read_volatile(probe as *const u64) };
             let _ = writeln!(
                 KernelConsole,
-                "not ok {} - vmm: a donated guest page is out of the VMM's reach: {probe:#x} \
+                "not ok {} - vmm: the {what} guest page is out of the VMM's reach: {probe:#x} \
                  read {word:#x}\n1..{}\nTEST_FAIL",
                 relay.printed + 1,
                 relay.planned + 1

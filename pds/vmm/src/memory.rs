@@ -211,6 +211,8 @@ pub(crate) mod fake {
         pub shared: BTreeSet<u64>,
         /// Guest pages populated.
         pub populated: BTreeSet<u64>,
+        /// Guest device pages mapped (MapDevice).
+        pub devices: BTreeSet<u64>,
         /// Refuse multi-page requests as not contiguous.
         pub fragmented: bool,
         /// Refuse requests that touch this page, with this error.
@@ -261,9 +263,24 @@ pub(crate) mod fake {
                     }
                     Ok(Reply::Done)
                 }
-                Request::Populate { addr, .. } | Request::MapDevice { addr, .. } => {
+                Request::Populate { addr, .. } => {
                     let fresh = self.populated.insert(addr.page());
                     Ok(Reply::Mapped { ipa: addr.page(), pages: u64::from(fresh) })
+                }
+                Request::MapDevice { addr, .. } => {
+                    let fresh = self.devices.insert(addr.page());
+                    Ok(Reply::Mapped { ipa: addr.page(), pages: u64::from(fresh) })
+                }
+                // The guest's space: its populated pages and mapped devices.
+                Request::Query { target: Target::Guest(_), addr } => {
+                    let (state, access) = if self.devices.contains(&addr.page()) {
+                        (PageState::Owned, Access::DEVICE)
+                    } else if self.populated.contains(&addr.page()) {
+                        (PageState::Owned, Access::RW)
+                    } else {
+                        (PageState::NoPage, Access::from_bits_truncate(0))
+                    };
+                    Ok(Reply::Page(PageInfo { state, access, borrowers: 0 }))
                 }
                 // The VMM's window as the test layout maps it: guest RAM
                 // from WINDOW_IPA; a page is there while it is shared.

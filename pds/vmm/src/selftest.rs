@@ -14,7 +14,8 @@
 //!   window; after a MEM_UNSHARE, no page there; after a refused one, the
 //!   first page it names (if RAM) just as before: there exactly if the
 //!   guest shares it; an access outside the guest's memory must get an
-//!   abort injected;
+//!   abort injected; a fault on a passthrough device page must be mapped
+//!   by mm (MapDevice), once ([`SelfTest::expect_device`]);
 //! - when the guest powers off, reads the pages still shared through its
 //!   window (the guest wrote them after sharing: in place, the VMM sees
 //!   the words), prints its checks as `ok N+1` ... and then the sentinel,
@@ -59,7 +60,7 @@ use crate::layout::Layout;
 use crate::memory::MmClient;
 use core::fmt::{self, Write};
 use tenure_abi::hvc::{Function, GRANULE, MemRange, Ret};
-use tenure_abi::mm::{FaultAddr, IPA_BITS, PageState, Reply, Request, Target};
+use tenure_abi::mm::{Access, FaultAddr, IPA_BITS, PageInfo, PageState, Reply, Request, Target};
 
 /// How many checks the VMM adds to the guest's plan, at least.
 pub const CHECKS: u32 = 4;
@@ -224,6 +225,17 @@ pub struct SelfTest {
     revoked: Tally,
     /// Another VMM's guest's shared pages, looked up in this window.
     foreign: Tally,
+    /// The page the guest unshared last in this boot and has not shared
+    /// again: the VMM's window must no longer reach it.
+    unshared: Option<u64>,
+    /// The passthrough device the guest must touch
+    /// ([`SelfTest::expect_device`]): its first page, and its state in
+    /// the guest's space before the guest ran.
+    device: Option<(u64, Option<PageState>)>,
+    /// The guest's faults on that page that mm mapped (MapDevice), and the
+    /// pages it mapped for them.
+    device_faults: u32,
+    device_pages: u64,
     /// Between the guest's first `BENCH` line and its `BENCH_DONE`: no
     /// Queries to mm.
     benchmarking: bool,
@@ -301,7 +313,25 @@ impl SelfTest {
     #[must_use]
     pub fn checks(&self) -> u32 {
         let before = self.deferred.is_some_and(|r| r.planned > 0);
-        CHECKS + u32::from(self.expect_reset) + u32::from(before)
+        CHECKS + u32::from(self.expect_reset) + u32::from(before) + u32::from(self.device.is_some())
+    }
+
+    /// Before the guest runs: system.xml passes a device through at the
+    /// first page of the layout's first passthrough range, and the guest
+    /// must touch it. Adds a check: mm had not mapped the page before the
+    /// guest ran (`Query` in the guest's space), mm mapped it for exactly
+    /// one of the guest's faults (MapDevice), and at power-off it reports
+    /// it mapped as device memory. Nothing to check without a passthrough range.
+    pub fn expect_device(&mut self, layout: &Layout, mm: &mut impl MmClient) {
+        let Some(range) = layout.passthrough.iter().flatten().next() else { return };
+        self.device = Some((range.start, guest_state(mm, layout, range.start).map(|i| i.state)));
+    }
+
+    /// The page the guest unshared last and has not shared again, if it
+    /// unshared one in the running boot.
+    #[must_use]
+    pub const fn unshared(&self) -> Option<u64> {
+        self.unshared
     }
 
     /// Results printed before this VMM's.
@@ -379,6 +409,7 @@ impl SelfTest {
                         (&mut self.share, PageState::SharedBorrowed)
                     } else {
                         self.forget(ipa);
+                        self.unshared = Some(ipa);
                         (&mut self.unshare, PageState::NoPage)
                     };
                     if !self.benchmarking {
@@ -406,6 +437,12 @@ impl SelfTest {
                 self.refused.wrong += u64::from(window_state(mm, layout, ipa) != Some(want));
             }
             (_, Decision::Injected(done)) if done.reason == Reason::Outside => self.outside += 1,
+            (Event::DataAbort { ipa, .. }, Decision::MappedDevice { pages, .. })
+                if self.device.is_some_and(|(page, _)| *ipa & !(GRANULE - 1) == page) =>
+            {
+                self.device_faults += 1;
+                self.device_pages += pages;
+            }
             _ => {}
         }
     }
@@ -431,6 +468,9 @@ impl SelfTest {
     }
 
     fn remember(&mut self, ipa: u64) {
+        if self.unshared == Some(ipa) {
+            self.unshared = None;
+        }
         if !self.shared.contains(&Some(ipa))
             && let Some(slot) = self.shared.iter_mut().find(|s| s.is_none())
         {
@@ -454,6 +494,7 @@ impl SelfTest {
                 u64::from(window_state(mm, layout, *ipa) != Some(PageState::NoPage));
         }
         self.shared = [None; MAX_SHARED];
+        self.unshared = None;
         // A boot that reset before its sentinel failed.
         if self.sentinels < self.boots {
             self.sentinel_failed = true;
@@ -567,6 +608,13 @@ impl SelfTest {
             "vmm: no page the other VMM's guest shares shows in this VMM's window",
             format_args!("{} pages looked up, {} in this window", foreign.pages, foreign.wrong),
         );
+        let device = self.device.map(|(page, before)| DeviceWhy {
+            page,
+            before,
+            faults: self.device_faults,
+            pages: self.device_pages,
+            after: guest_state(mm, layout, page),
+        });
         let extra = [
             Some(reset).filter(|_| self.expect_reset),
             Some(other).filter(|_| self.deferred.is_some_and(|r| r.planned > 0)),
@@ -580,6 +628,17 @@ impl SelfTest {
                 writeln!(out, "ok {number} - {what}")?;
             } else {
                 writeln!(out, "not ok {number} - {what}: {why}")?;
+                failed += 1;
+            }
+        }
+        if let Some(d) = &device {
+            number = number.saturating_add(1);
+            let what =
+                "vmm: mm mapped the passthrough device on the guest's first access to it, once";
+            if d.passed() {
+                writeln!(out, "ok {number} - {what}")?;
+            } else {
+                writeln!(out, "not ok {number} - {what}: {d}")?;
                 failed += 1;
             }
         }
@@ -611,6 +670,46 @@ impl Relay {
     #[must_use]
     pub const fn passed(&self) -> bool {
         self.pass && self.failed == 0 && self.printed == self.planned
+    }
+}
+
+/// What the passthrough device check saw.
+struct DeviceWhy {
+    page: u64,
+    before: Option<PageState>,
+    faults: u32,
+    pages: u64,
+    after: Option<PageInfo>,
+}
+
+impl DeviceWhy {
+    /// Not mapped before the guest ran, one MapDevice that mapped it,
+    /// mapped as device memory at power-off.
+    fn passed(&self) -> bool {
+        let mapped = self
+            .after
+            .is_some_and(|i| i.state == PageState::Owned && i.access.contains(Access::DEVICE));
+        self.before == Some(PageState::NoPage) && self.faults == 1 && self.pages > 0 && mapped
+    }
+}
+
+impl fmt::Display for DeviceWhy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "page {:#x}: before the guest ran {:?}; {} of the guest's faults on it mapped by \
+             MapDevice, {} pages mapped; at power-off {:?}",
+            self.page, self.before, self.faults, self.pages, self.after
+        )
+    }
+}
+
+/// The guest page at `ipa` as mm's Query reports it in the guest's space.
+fn guest_state(mm: &mut impl MmClient, layout: &Layout, ipa: u64) -> Option<PageInfo> {
+    let addr = FaultAddr::from_raw(ipa).ok()?;
+    match mm.call(Request::Query { target: Target::Guest(layout.guest), addr }) {
+        Ok(Reply::Page(info)) => Some(info),
+        _ => None,
     }
 }
 
@@ -927,6 +1026,85 @@ mod tests {
         mem(&mut b, &mut mm_b, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
         b.foreign(&l, &mut mm_b);
         assert_eq!(b.foreign, Tally { pages: 1, wrong: 1 });
+    }
+
+    /// A guest's load from `ipa` that stage 2 does not map (ISV, a
+    /// translation fault at level 3).
+    fn load_fault(ipa: u64) -> Event {
+        let crate::esr::Class::DataAbort(abort) = crate::esr::Esr(0x9300_0007).class() else {
+            panic!("a data abort's syndrome")
+        };
+        Event::DataAbort { pc: RAM, ipa, va: Some(ipa), abort, il: true }
+    }
+
+    /// The guest's access at `ipa`, mapped by mm as the VMM would ask.
+    fn device_access(t: &mut SelfTest, mm: &mut FakeMm, l: &Layout, ipa: u64) {
+        let (first, pages) = memory::map_device(mm, l, ipa).unwrap();
+        let decision = Decision::MappedDevice { ipa: first, pages };
+        t.observe(&load_fault(ipa), &decision, l, mm);
+    }
+
+    #[test]
+    fn a_passthrough_device_must_be_mapped_on_the_guests_first_access_once() {
+        let (mut t, mut mm, l) = (SelfTest::new(), FakeMm::default(), virt());
+        t.expect_device(&l, &mut mm);
+        assert_eq!(t.route(b"1..1\n"), Route::Plan(1 + CHECKS + 1), "one more check");
+        t.route(b"ok 1 - gicc-iidr");
+        everything(&mut t, &mut mm, &l);
+        device_access(&mut t, &mut mm, &l, 0x0801_00fc);
+        t.route(b"TEST_PASS");
+        let mut out = String::new();
+        assert!(t.finish(&l, &mut mm, |_| 1, true, &mut out).unwrap().passed(), "{out}");
+        assert!(out.contains("ok 6 - vmm: mm mapped the passthrough device"), "{out}");
+
+        // The guest never touched it.
+        let (mut t, mut mm) = (SelfTest::new(), FakeMm::default());
+        t.expect_device(&l, &mut mm);
+        t.route(b"1..0\n");
+        everything(&mut t, &mut mm, &l);
+        t.route(b"TEST_PASS");
+        let mut out = String::new();
+        assert!(!t.finish(&l, &mut mm, |_| 1, true, &mut out).unwrap().passed());
+        assert!(out.contains("not ok 5 - vmm: mm mapped the passthrough device"), "{out}");
+
+        // Mapped before the guest ran, or twice.
+        let (mut t, mut mm) = (SelfTest::new(), FakeMm::default());
+        mm.devices.insert(0x0801_0000);
+        t.expect_device(&l, &mut mm);
+        assert_eq!(t.device, Some((0x0801_0000, Some(PageState::Owned))));
+        let (mut t, mut mm) = (SelfTest::new(), FakeMm::default());
+        t.expect_device(&l, &mut mm);
+        device_access(&mut t, &mut mm, &l, 0x0801_00fc);
+        device_access(&mut t, &mut mm, &l, 0x0801_0000);
+        // Another page of the range is not this check's.
+        device_access(&mut t, &mut mm, &l, 0x0801_1000);
+        assert_eq!((t.device_faults, t.device_pages), (2, 1));
+
+        // Without a passthrough range: no check.
+        let mut none = virt();
+        none.passthrough = [None; crate::layout::MAX_PASSTHROUGH];
+        let mut t = SelfTest::new();
+        t.expect_device(&none, &mut mm);
+        assert_eq!(t.checks(), CHECKS);
+    }
+
+    #[test]
+    fn the_page_unshared_last_is_remembered_until_shared_again() {
+        let (mut t, mut mm) = (SelfTest::new(), FakeMm::default());
+        t.route(b"1..0\n");
+        assert_eq!(t.unshared(), None);
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_0000, 1);
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_1000, 1);
+        mem(&mut t, &mut mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_1000, 1);
+        // A refused unshare changes nothing.
+        mem(&mut t, &mut mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_2000, 1);
+        assert_eq!(t.unshared(), Some(RAM + 0x10_1000));
+        mem(&mut t, &mut mm, Function::MemShare, MemOp::Share, RAM + 0x10_1000, 1);
+        assert_eq!(t.unshared(), None, "shared again: the window reaches it");
+        mem(&mut t, &mut mm, Function::MemUnshare, MemOp::Unshare, RAM + 0x10_0000, 1);
+        assert_eq!(t.unshared(), Some(RAM + 0x10_0000));
+        t.reset(&virt(), &mut mm);
+        assert_eq!(t.unshared(), None, "a reset forgets the old boot's pages");
     }
 
     #[test]

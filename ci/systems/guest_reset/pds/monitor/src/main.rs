@@ -1,11 +1,13 @@
-//! guest_reset suite: the monitor, parent of the VMM (child 1). When the
-//! VMM's guest has powered off, the VMM leaves its TAP counts in the
-//! relay page they share, notifies this PD and reads the guest's first
-//! kernel page through its window: a page mm donated to the guest, which
-//! the VMM must no longer reach. The kernel stops the VMM at that read
-//! and sends this PD the fault; it checks the fault (a VmFault of the
-//! VMM at exactly that address, announced beforehand) and closes the
-//! stream: its result line, the plan and the sentinel.
+//! guest_reset and guest_pair suites: the monitor, parent of a VMM
+//! (child 1). When the VMM's guest has powered off, the VMM leaves its
+//! TAP counts in the relay page they share, notifies this PD and reads a
+//! guest page through its window that it must no longer reach: in
+//! guest_reset (channel 0 from the VMM) the guest's first kernel page,
+//! which mm donated to the guest; in guest_pair (channel 1) the page the
+//! guest shared with the VMM and then unshared. The kernel stops the VMM
+//! at that read and sends this PD the fault; it checks the fault (a
+//! VmFault of the VMM at exactly that address, announced beforehand) and
+//! closes the stream: its result line, the plan and the sentinel.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -18,20 +20,31 @@ mod pd {
 
     /// The VMM, this PD's child.
     const VMM: Child = Child::new(1);
-    /// The VMM's notice that the read comes next.
+    /// The VMM's notice that the read of a donated page comes next.
     const FROM_VMM: Channel = Channel::new(0);
+    /// The VMM's notice that the read of an unshared page comes next.
+    const FROM_VMM_UNSHARED: Channel = Channel::new(1);
     /// Fault label of a stage-2 fault (seL4 MCS numbering).
     const VM_FAULT: u64 = 6;
 
+    /// The page the VMM reads through its window.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Read {
+        /// The guest's first kernel page, donated to it.
+        Donated,
+        /// The page the guest shared with the VMM and unshared last.
+        Unshared,
+    }
+
     struct Monitor {
-        /// The VMM said the read comes next.
-        announced: bool,
+        /// The VMM said which read comes next.
+        announced: Option<Read>,
         /// The stream is closed; later faults are ignored.
         closed: bool,
     }
 
     fn init() -> Monitor {
-        Monitor { announced: false, closed: false }
+        Monitor { announced: None, closed: false }
     }
 
     fn relay() -> Relay {
@@ -49,7 +62,15 @@ mod pd {
         type Error = core::convert::Infallible;
 
         fn notified(&mut self, channels: ChannelSet) -> Result<(), Self::Error> {
-            self.announced |= channels.contains(FROM_VMM);
+            // The channel system.xml gives the VMM's end (MONITOR or
+            // MONITOR_UNSHARED, pds/vmm/src/main.rs) decides which page
+            // it reads, and this PD's end which notice it gets.
+            if channels.contains(FROM_VMM) {
+                self.announced = Some(Read::Donated);
+            }
+            if channels.contains(FROM_VMM_UNSHARED) {
+                self.announced = Some(Read::Unshared);
+            }
             Ok(())
         }
 
@@ -69,19 +90,24 @@ mod pd {
                 child.index()
             );
             let ok = child.index() == VMM.index()
-                && self.announced
+                && self.announced.is_some()
                 && label == VM_FAULT
                 && relay.probe != 0
                 && addr == relay.probe;
             let number = relay.printed + 1;
-            let what = "vmm: reading a donated guest page through the VMM's window is a fault \
-                        its parent receives";
+            let what = if self.announced == Some(Read::Unshared) {
+                "vmm: reading a page the guest shared and unshared through the VMM's window is a \
+                 fault its parent receives"
+            } else {
+                "vmm: reading a donated guest page through the VMM's window is a fault its \
+                 parent receives"
+            };
             if ok {
                 debug_println!("ok {number} - {what} (VmFault at {addr:#x})");
             } else {
                 debug_println!(
-                    "not ok {number} - {what}: announced {}, label {label}, address {addr:#x}, \
-                     expected {:#x}",
+                    "not ok {number} - {what}: announced {:?}, label {label}, address \
+                     {addr:#x}, expected {:#x}",
                     self.announced,
                     relay.probe
                 );
