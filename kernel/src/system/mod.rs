@@ -162,9 +162,6 @@ pub struct Sc {
     remaining: u64,
     /// When the current window opened.
     refilled_at: u64,
-    /// Time used past the budget (a timer that fired late), taken off the
-    /// next windows' budgets, so that a context cannot gain from latency.
-    debt: u64,
     /// The PD waiting for this context's refill.
     throttled: Option<PdId>,
 }
@@ -180,7 +177,6 @@ impl Sc {
             period: period.max(budget),
             remaining: budget,
             refilled_at: 0,
-            debt: 0,
             throttled: None,
         }
     }
@@ -193,7 +189,6 @@ impl Sc {
             period: u64::MAX,
             remaining: u64::MAX,
             refilled_at: 0,
-            debt: 0,
             throttled: None,
         }
     }
@@ -203,24 +198,12 @@ impl Sc {
         self.refilled_at.saturating_add(self.period)
     }
 
-    /// Opens a new window if the current one has closed, its budget less
-    /// any debt (a window whose whole budget is owed stays empty).
+    /// Opens a new window if the current one has closed.
     fn refill_if_due(&mut self, now: u64) {
         if now >= self.window_end() {
-            let repaid = self.debt.min(self.budget);
-            self.debt -= repaid;
-            self.remaining = self.budget - repaid;
+            self.remaining = self.budget;
             self.refilled_at = now;
         }
-    }
-
-    /// Charges `used` ticks; what exceeds the budget left becomes debt,
-    /// except for a round-robin context, which owes nothing.
-    fn charge(&mut self, used: u64) {
-        if used > self.remaining && !self.is_round_robin() {
-            self.debt = self.debt.saturating_add(used - self.remaining);
-        }
-        self.remaining = self.remaining.saturating_sub(used);
     }
 
     /// Whether using the budget only means round robin.
@@ -951,7 +934,8 @@ impl<'a, const N: usize> System<'a, N> {
         if let Some(owner) = self.charging.take() {
             // The counter only moves forward.
             let used = now.wrapping_sub(self.slice_start);
-            self.sc_mut(owner).charge(used);
+            let sc = self.sc_mut(owner);
+            sc.remaining = sc.remaining.saturating_sub(used);
         }
         self.slice_start = now;
     }

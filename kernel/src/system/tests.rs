@@ -638,34 +638,3 @@ fn uninstalling_a_guest_table_stops_its_vcpus() {
     assert_eq!(m.ret(A), Some((Error::InvalidCapability as u64, 0)));
     assert!(!m.0[before..].iter().any(|e| matches!(e, Effect::Stage2(..))));
 }
-
-#[test]
-fn time_used_past_the_budget_is_taken_off_the_next_windows() {
-    let m = &mut Log::default();
-    let mut s: System<'_, 2> = System::new([
-        Pd::new(10, None, &[]).with_sc(Sc::new(2, 10)),
-        Pd::new(1, None, &[]).with_sc(Sc::new(1000, 1000)),
-    ]);
-    s.start(m);
-    assert_eq!((s.current(), m.2), (Some(A), Some(2)));
-    // The timer fires late: A ran 5 ticks on a budget of 2.
-    advance(&mut s, m, 5);
-    assert_eq!((s.current(), s.sc(A).unwrap().debt), (Some(B), 3));
-    // Its next window is all debt: it stays throttled through it.
-    advance(&mut s, m, 5);
-    assert_eq!((s.current(), s.pd(A).unwrap().state()), (Some(B), State::Throttled));
-    assert_eq!(s.sc(A).unwrap().debt, 1);
-    // The window after gives back what is left: 1 tick.
-    advance(&mut s, m, 10);
-    assert_eq!((s.current(), s.sc(A).unwrap().remaining, m.2), (Some(A), 1, Some(21)));
-    assert_eq!(s.sc(A).unwrap().debt, 0);
-}
-
-#[test]
-fn a_round_robin_context_owes_nothing_for_a_late_timer() {
-    let m = &mut Log::default();
-    let mut s: System<'_, 1> = System::new([Pd::new(10, None, &[]).with_sc(Sc::new(5, 5))]);
-    s.start(m);
-    advance(&mut s, m, 9);
-    assert_eq!((s.current(), s.sc(A).unwrap().debt, s.sc(A).unwrap().remaining), (Some(A), 0, 5));
-}
