@@ -451,14 +451,7 @@ impl<'a, const N: usize> System<'a, N> {
         }
         m.transfer(cur, callee, info);
         m.set_return(callee, cap.badge, info.raw());
-        let sc = self.sc_of(cur);
-        let server = self.pd_mut(callee);
-        server.caller = Some(cur);
-        server.state = State::Ready;
-        if server.passive {
-            server.donated = Some(sc);
-        }
-        self.pd_mut(cur).state = State::Reply { callee };
+        self.start_serving(callee, cur);
         self.current = Some(callee);
         self.follow_sc(m, callee);
         true
@@ -634,6 +627,13 @@ impl<'a, const N: usize> System<'a, N> {
             m.fault_message(caller, callee, FaultKind::from_label(info.label()));
         }
         m.set_return(callee, badge, info.raw());
+        self.start_serving(callee, caller);
+    }
+
+    /// `callee` now serves `caller`, who waits for the reply; a passive
+    /// callee runs on the caller's scheduling context.
+    #[inline(always)]
+    fn start_serving(&mut self, callee: PdId, caller: PdId) {
         let sc = self.sc_of(caller);
         let pd = self.pd_mut(callee);
         pd.caller = Some(caller);
