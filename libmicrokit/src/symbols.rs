@@ -74,6 +74,11 @@ pub static __tenure_irqs: Patched<u64> = Patched::new(0);
 #[unsafe(no_mangle)]
 #[used]
 pub static __tenure_passive: Patched<u8> = Patched::new(0);
+/// The mm guest id of this PD's virtual machine (its index in system.xml
+/// plus one), 0 if it has none: a Tenure addition to Microkit's symbols.
+#[unsafe(no_mangle)]
+#[used]
+pub static __tenure_guest: Patched<u64> = Patched::new(0);
 
 /// The PD's name as system.xml gives it.
 #[must_use]
@@ -81,6 +86,13 @@ pub fn pd_name() -> &'static str {
     let bytes = __tenure_name.get();
     let len = bytes.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
     core::str::from_utf8(&bytes[..len]).unwrap_or("?")
+}
+
+/// The mm protocol's id of the guest this PD is the VMM of, if it has a
+/// `virtual_machine` (docs/mm-protocol.md: VM index + 1).
+#[must_use]
+pub fn guest_id() -> Option<u16> {
+    u16::try_from(*__tenure_guest.get()).ok().filter(|&id| id != 0)
 }
 
 /// Whether the PD is passive (runs only on its callers' time).
@@ -97,6 +109,7 @@ mod tests {
         assert_eq!(*v, 7);
         assert_eq!(super::pd_name(), "");
         assert!(!super::pd_is_passive());
+        assert_eq!(super::guest_id(), None);
     }
 
     #[test]

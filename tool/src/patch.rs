@@ -21,6 +21,9 @@ pub mod symbol {
     pub const IRQS: &str = "__tenure_irqs";
     /// 1 if the PD is passive.
     pub const PASSIVE: &str = "__tenure_passive";
+    /// The mm guest id of the PD's virtual machine (VM index + 1), 0 for
+    /// none.
+    pub const GUEST: &str = "__tenure_guest";
     /// The memory manager's configuration: an array of `u64`, at least
     /// `tenure_abi::mm_config::WORDS` long (`abi/src/mm_config.rs`).
     pub const MM_CONFIG: &str = "__tenure_mm_config";
@@ -125,6 +128,8 @@ pub fn patch_pd(
     program.patch_u64(symbol::PPS, m.pps)?;
     program.patch_u64(symbol::IRQS, m.irqs)?;
     program.patch(symbol::PASSIVE, &[u8::from(pd.passive)])?;
+    let vm = crate::sdf::guests::vms(system).position(|(vmm, _)| vmm.name == pd.name);
+    program.patch_u64(symbol::GUEST, vm.map_or(0, |index| index as u64 + 1))?;
     for map in &pd.maps {
         let mapping = layout
             .mappings
@@ -189,6 +194,7 @@ mod tests {
             (symbol::PPS, 0x20_0048, 8),
             (symbol::IRQS, 0x20_0050, 8),
             (symbol::PASSIVE, 0x20_0058, 1),
+            (symbol::GUEST, 0x20_00f0, 8),
         ];
         syms.extend_from_slice(extra);
         PdElf::parse(&build(elf::EM_AARCH64, elf::ET_EXEC, &[data], &syms)).unwrap()
@@ -285,6 +291,10 @@ mod tests {
         let word = |p: &PdElf, at| u64::from_le_bytes(p.read(at, 8).unwrap().try_into().unwrap());
         assert_eq!(word(vmm, 0x20_0060), 300, "the prefill's length, not the region's size");
         assert_eq!(word(vmm, 0x20_0068), 4);
+        assert_eq!(word(vmm, 0x20_00f0), 1, "the VMM of VM 0: guest id 1");
+        let mm = programs.get_mut("mm").unwrap();
+        patch_pd(&sys, sys.pd("mm").unwrap(), &layout.pds[0], &layout.regions, mm).unwrap();
+        assert_eq!(word(mm, 0x20_00f0), 0, "no virtual machine");
     }
 
     #[test]

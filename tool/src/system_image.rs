@@ -912,6 +912,7 @@ mod tests {
             (symbol::PPS, 0x20_1148, 8),
             (symbol::IRQS, 0x20_1150, 8),
             (symbol::PASSIVE, 0x20_1158, 1),
+            (symbol::GUEST, 0x20_1160, 8),
             (IPC_BUFFER_SYMBOL, 0x20_3000, 512),
         ];
         symbols.extend_from_slice(extra);

@@ -15,10 +15,9 @@
 use crate::layout::Layout;
 use crate::loader::{self, LoadError, LoadPlan};
 use tenure_abi::mm::{
-    Access, Direction, FaultAddr, GuestId, MmError, PAGE_SIZE, PageRange, Reply, Request, Target,
-    Transfer, WalkFlags,
+    Access, Direction, FaultAddr, MmError, PAGE_SIZE, PageRange, Reply, Request, Target, Transfer,
+    WalkFlags,
 };
-use tenure_abi::mm_config::MAX_GUESTS;
 
 use crate::memory::MmClient;
 
@@ -71,30 +70,6 @@ pub fn boot(
     }
     load(mm, layout, &plan, image, dtb, write)?;
     Ok(plan)
-}
-
-/// [`boot`]s the guest this VMM controls, whichever it is: mm refuses
-/// to create a guest the caller does not control as if it did not exist
-/// (`NoSuchGuest`), so the first guest id (from 1) it creates is the
-/// VMM's. A VMM of one VM thus needs no id of its own in system.xml, and
-/// two VMMs run the same program. Returns the layout with that id.
-pub fn boot_own(
-    mm: &mut impl MmClient,
-    layout: &Layout,
-    image: &[u8],
-    dtb: &[u8],
-    mut write: impl FnMut(u64, &[u8]),
-) -> Result<(Layout, LoadPlan), BootError> {
-    let mut refused = BootError::CreateGuest(MmError::NoSuchGuest);
-    for id in 1..=MAX_GUESTS as u16 {
-        let layout = Layout { guest: GuestId::new(id).ok_or(refused)?, ..*layout };
-        match boot(mm, &layout, image, dtb, &mut write) {
-            Ok(plan) => return Ok((layout, plan)),
-            Err(e @ BootError::CreateGuest(MmError::NoSuchGuest)) => refused = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(refused)
 }
 
 /// Takes the guest apart (SYSTEM_RESET): mm stops it, takes back every
@@ -189,8 +164,6 @@ mod tests {
         window: BTreeMap<u64, ()>,
         guest: BTreeMap<u64, u64>,
         refuse: Option<(u64, MmError)>,
-        /// The guest it lets the VMM create; any, if `None`.
-        own: Option<u16>,
     }
 
     impl MmClient for LoaderMm {
@@ -202,10 +175,7 @@ mod tests {
                 return Err(e);
             }
             match request {
-                Request::CreateGuest { guest } => match self.own {
-                    Some(own) if guest.get() != own => Err(MmError::NoSuchGuest),
-                    _ => Ok(Reply::Done),
-                },
+                Request::CreateGuest { .. } => Ok(Reply::Done),
                 Request::Teardown { .. } => Ok(Reply::TornDown { pages: 0, tables: 0 }),
                 Request::Populate { target: Target::Caller, addr, .. } => {
                     self.window.insert(addr.page(), ());
@@ -305,35 +275,6 @@ mod tests {
         assert_eq!(
             reboot(&mut mm, &l, &image(0x1000, 0x1000), &dtb(0x100), |_, _| {}),
             Err(BootError::Teardown(MmError::NoSuchGuest))
-        );
-    }
-
-    #[test]
-    fn a_vmm_boots_the_guest_mm_lets_it_create() {
-        let (img, d) = (image(0x1000, 0x1000), dtb(0x100));
-        let mut mm = LoaderMm { own: Some(3), ..LoaderMm::default() };
-        let (layout, _) = boot_own(&mut mm, &virt(), &img, &d, |_, _| {}).unwrap();
-        assert_eq!(layout.guest.get(), 3);
-        let created: Vec<u16> = mm
-            .requests
-            .iter()
-            .filter_map(|r| match r {
-                Request::CreateGuest { guest } => Some(guest.get()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(created, [1, 2, 3], "refused ids change nothing and the search stops");
-        assert!(mm.guest.contains_key(&0x4008_0000), "loaded once");
-        let mut mm = LoaderMm { own: Some(9), ..LoaderMm::default() };
-        assert_eq!(
-            boot_own(&mut mm, &virt(), &img, &d, |_, _| {}).map(|(l, _)| l.guest),
-            Err(BootError::CreateGuest(MmError::NoSuchGuest))
-        );
-        let mut mm = LoaderMm { refuse: Some((1, MmError::KernelRefused)), ..LoaderMm::default() };
-        assert_eq!(
-            boot_own(&mut mm, &virt(), &img, &d, |_, _| {}).map(|(l, _)| l.guest),
-            Err(BootError::CreateGuest(MmError::KernelRefused)),
-            "any other refusal ends the search"
         );
     }
 }

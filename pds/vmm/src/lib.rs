@@ -33,8 +33,8 @@
 //! region. The guest's layout comes from the device tree it loads
 //! ([`fdt::machine`]); the window is [`tenure_abi::vcpu::WINDOW_IPA`].
 //!
-//! - `init`: [`boot::boot_own`] (the guest id is the first mm lets the
-//!   VMM create), [`boot::boot`]: mm `CreateGuest`, then
+//! - `init`: [`boot::boot`] under the guest id the tool patches into the
+//!   VMM (its VM's index + 1): mm `CreateGuest`, then
 //!   [`loader::plan`] the Image and device tree that system.xml prefills
 //!   into read-only regions of the PD; for each page of the kernel and
 //!   device tree, mm `Populate`s the page of the VMM's window at

@@ -5,8 +5,8 @@
 //!
 //! - one `virtual_machine` with one `vcpu` whose `setvar_id` is
 //!   `guest_vcpu` (its id, the child id of its faults), and the VM's RAM as
-//!   the guest's device tree declares it in `/memory`; the VMM finds its
-//!   mm guest id by asking mm ([`tenure_vmm::boot::boot_own`]);
+//!   the guest's device tree declares it in `/memory`; its mm guest id is
+//!   the one the tool patches (`microkit::symbols::guest_id`);
 //! - a `pp` channel end with id 0 to the memory manager (the VMM is its
 //!   client, with a window);
 //! - the guest's arm64 Image and device tree in read-only regions with a
@@ -57,7 +57,7 @@
 #[cfg(target_os = "none")]
 mod pd {
     use core::fmt::{self, Write};
-    use microkit::symbols::__tenure_notifications;
+    use microkit::symbols::{__tenure_notifications, guest_id};
     use microkit::{
         Channel, ChannelSet, Child, Handler, MessageInfo, Vcpu, get_mr, protection_domain, var,
     };
@@ -277,6 +277,8 @@ mod pd {
         Layout(tenure_vmm::LayoutError),
         Boot(BootError),
         Vcpu(tenure_abi::Error),
+        /// system.xml gives this PD no `virtual_machine`.
+        NoGuest,
     }
 
     impl fmt::Display for StartError {
@@ -286,6 +288,7 @@ mod pd {
                 StartError::Layout(e) => write!(f, "the device tree's layout is unusable: {e:?}"),
                 StartError::Boot(e) => write!(f, "{e}"),
                 StartError::Vcpu(e) => write!(f, "the kernel refused the vCPU: {e:?}"),
+                StartError::NoGuest => f.write_str("this PD has no virtual_machine in system.xml"),
             }
         }
     }
@@ -298,8 +301,8 @@ mod pd {
             }
         }
 
-        /// The guest's layout as its device tree gives it; its guest id is
-        /// any until [`boot::boot_own`] finds the VMM's own.
+        /// The guest's layout as its device tree gives it, under the guest
+        /// id the tool patched in.
         fn layout(&self) -> Result<Layout, StartError> {
             let machine = fdt::machine(self.files.dtb).map_err(StartError::Fdt)?;
             // The GIC CPU interface: mm maps it on the guest's first
@@ -308,7 +311,7 @@ mod pd {
             let mut passthrough = [None; tenure_vmm::layout::MAX_PASSTHROUGH];
             passthrough[0] = machine.gic_cpu;
             let layout = Layout {
-                guest: GuestId::new(1).expect("1 is a guest id"),
+                guest: guest_id().and_then(GuestId::new).ok_or(StartError::NoGuest)?,
                 ram: machine.ram,
                 pl011: machine.pl011,
                 gic_distributor: machine.gic_distributor,
@@ -323,7 +326,7 @@ mod pd {
             let (begun, _) = counter();
             let layout = self.layout()?;
             let (image, dtb) = (self.files.image, self.files.dtb);
-            let (layout, plan) = boot::boot_own(&mut self.mm, &layout, image, dtb, write_window)
+            let plan = boot::boot(&mut self.mm, &layout, image, dtb, write_window)
                 .map_err(StartError::Boot)?;
             let (loaded, frequency) = counter();
             let load = LoadTimes { init: self.init_count, begun, loaded, frequency };
