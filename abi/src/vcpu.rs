@@ -159,6 +159,8 @@ pub enum VcpuReg {
     TpidrEl0,
     /// TPIDRRO_EL0.
     TpidrroEl0,
+    /// CSSELR_EL1: the cache level CCSIDR_EL1 describes.
+    CsselrEl1,
     /// CNTKCTL_EL1.
     CntkctlEl1,
     /// CNTV_CTL_EL0.
@@ -173,7 +175,7 @@ pub enum VcpuReg {
 
 impl VcpuReg {
     /// Registers after `x30`, in order.
-    pub const ALL: [VcpuReg; 28] = [
+    pub const ALL: [VcpuReg; 29] = [
         VcpuReg::Pc,
         VcpuReg::Pstate,
         VcpuReg::SpEl0,
@@ -197,6 +199,7 @@ impl VcpuReg {
         VcpuReg::TpidrEl1,
         VcpuReg::TpidrEl0,
         VcpuReg::TpidrroEl0,
+        VcpuReg::CsselrEl1,
         VcpuReg::CntkctlEl1,
         VcpuReg::CntvCtl,
         VcpuReg::CntvCval,

@@ -34,6 +34,7 @@ macro_rules! el1_sysregs {
             tpidr_el1,
             tpidr_el0,
             tpidrro_el0,
+            csselr_el1,
             cntkctl_el1,
             cntv_ctl_el0,
             cntv_cval_el0,

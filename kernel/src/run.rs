@@ -35,9 +35,24 @@ pub const MAX_CAPS: usize = 4096;
 const HCR_PD: u64 = (1 << 31) | (1 << 27) | (1 << 19) | (1 << 12) | 1;
 /// CPACR_EL1.FPEN = 0b11: no FP/SIMD traps at EL0.
 const CPACR_FPEN: u64 = 0b11 << 20;
-/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN and EL1PCEN, so that EL0 and EL1 may
-/// read the physical counter (Arm ARM D24.12.x, CNTHCTL_EL2).
-const CNTHCTL_EL1_ACCESS: u64 = 0b11;
+/// CNTHCTL_EL2 (E2H = 0): EL1PCTEN, so that EL0 and EL1 may read the
+/// physical counter; EL1PCEN clear, so that the EL1 physical timer
+/// (CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTP_TVAL_EL0) traps to EL2: nobody is
+/// given it, and one guest's compare value is never another's to read
+/// (Arm ARM D24.12.x, CNTHCTL_EL2; docs/el1-state.md).
+const CNTHCTL_EL1_ACCESS: u64 = 0b01;
+/// MDCR_EL2 (Arm ARM D24.3.x), the debug and PMU rows of
+/// docs/el1-state.md: TDRA (bit 11), TDOSA (10) and TDA (9) trap every
+/// debug register (the debug ROM address, the OS lock and save registers,
+/// breakpoints, watchpoints, MDSCR_EL1) from EL1 and EL0 to EL2, so no
+/// guest can arm a watchpoint that fires in a PD or read another's.
+/// TDE stays clear: a guest's own BRK is its own exception (PDs run with
+/// HCR_EL2.TGE, which routes their debug exceptions to EL2 anyway).
+const MDCR_TRAP_DEBUG: u64 = (1 << 11) | (1 << 10) | (1 << 9);
+/// MDCR_EL2.TPM (bit 6) and TPMCR (bit 5): every PMU register traps from
+/// EL1 and EL0, and HPME (bit 7) clear keeps the counters reserved for
+/// EL2 off; set outside benchmark builds, where nobody gets the PMU.
+const MDCR_TRAP_PMU: u64 = (1 << 6) | (1 << 5);
 /// CNTKCTL_EL1: EL0PCTEN and EL0VCTEN, so PDs may read the counters
 /// (time stamps; no timer access).
 const CNTKCTL_EL0_ACCESS: u64 = 0b11;
@@ -45,10 +60,37 @@ const CNTKCTL_EL0_ACCESS: u64 = 0b11;
 /// with NSH, at EL2: every instruction on the CPU.
 const PMU_INST_RETIRED_ALL_ELS: u64 = 0x08 | (1 << 27);
 
+/// Takes the debug and PMU registers for the kernel: everything traps
+/// from EL1 and EL0 ([`MDCR_TRAP_DEBUG`], [`MDCR_TRAP_PMU`]), the PMU is
+/// off, and MDSCR_EL1 is clear, so that no breakpoint, watchpoint or
+/// software step that firmware left armed can fire (their registers may
+/// be UNKNOWN after a cold reset).
+fn trap_debug_and_pmu() {
+    // SAFETY: debug and PMU configuration of EL2, and MDSCR_EL1 while
+    // nothing runs at EL1 or EL0; they only affect traps, counting and
+    // debug exceptions of lower levels.
+    unsafe {
+        asm!(
+            "mrs {n}, pmcr_el0",
+            "ubfx {n}, {n}, #11, #5",
+            "orr {n}, {n}, {traps}",
+            "msr mdcr_el2, {n}",
+            "msr pmcr_el0, xzr",
+            "msr mdscr_el1, xzr",
+            "isb",
+            n = out(reg) _,
+            traps = in(reg) MDCR_TRAP_DEBUG | MDCR_TRAP_PMU,
+            options(nostack),
+        );
+    }
+}
+
 /// Benchmark builds: event counter 0 counts every instruction retired,
-/// readable from EL0 (PMUSERENR_EL0.EN and ER), so a PD can measure what
-/// an operation costs across EL0 and EL2. Never in other builds: it would
-/// give PDs a precise timing source.
+/// readable from EL0 and EL1 (MDCR_EL2.TPM clear, PMUSERENR_EL0.EN and
+/// ER), so a PD or the test guest can measure what an operation costs
+/// across EL0, EL1 and EL2. Never in other builds: it would give PDs and
+/// guests a precise timing source and a view of the kernel's work. Debug
+/// registers still trap.
 fn enable_instruction_counter() {
     // SAFETY: PMU and debug configuration registers of EL2 and EL0; they
     // only affect counting and EL0's access to the counters.
@@ -56,6 +98,7 @@ fn enable_instruction_counter() {
         asm!(
             "mrs {n}, pmcr_el0",
             "ubfx {n}, {n}, #11, #5",
+            "orr {n}, {n}, {traps}",
             "msr mdcr_el2, {n}",
             "msr pmevtyper0_el0, {ev}",
             "mov {n}, #1",
@@ -66,6 +109,7 @@ fn enable_instruction_counter() {
             "msr pmcr_el0, {n}",
             "isb",
             n = out(reg) _,
+            traps = in(reg) MDCR_TRAP_DEBUG,
             ev = in(reg) PMU_INST_RETIRED_ALL_ELS,
             options(nostack),
         );
@@ -344,6 +388,8 @@ pub fn start(image: ImageSystem<'static>, board: &BoardInfo) -> Result<(), Start
     }
     if cfg!(feature = "benchmark") {
         enable_instruction_counter();
+    } else {
+        trap_debug_and_pmu();
     }
     let gic = Gic {
         gicd: board.gicd_base.get() as *mut Distributor,
@@ -639,16 +685,25 @@ impl Hw {
     /// Saves the loaded guest's EL1, timer and GIC state and gives EL0 and
     /// HCR_EL2 back to PDs.
     fn unload_guest(&mut self) {
-        let Some(vcpu) = self.guest_loaded.take() else { return };
-        let Some(i) = self.vcpu_index(vcpu) else { return };
+        if self.save_guest() {
+            guest::set_hcr(HCR_PD);
+            guest::restore_pd_el0(CNTKCTL_EL0_ACCESS);
+        }
+    }
+
+    /// Saves the loaded guest's EL1, timer and GIC state, leaving HCR_EL2
+    /// as it is (the caller decides what runs next); whether a guest was
+    /// loaded.
+    fn save_guest(&mut self) -> bool {
+        let Some(vcpu) = self.guest_loaded.take() else { return false };
+        let Some(i) = self.vcpu_index(vcpu) else { return false };
         let state = &mut self.vstate[i];
         guest::save_el1(state);
         if let Some(gich) = &self.gich {
             gich.save(state);
         }
         self.gic.mask(self.vtimer_intid);
-        guest::set_hcr(HCR_PD);
-        guest::restore_pd_el0(CNTKCTL_EL0_ACCESS);
+        true
     }
 
     /// Makes the CPU's EL1 and GIC state `next`'s: a guest's own for a
@@ -668,15 +723,17 @@ impl Hw {
         if self.guest_loaded == Some(next) {
             return;
         }
-        let was_guest = self.guest_loaded.is_some();
-        if was_guest {
+        let Some(i) = self.vcpu_index(next) else {
             self.unload_guest();
-        }
-        let Some(i) = self.vcpu_index(next) else { return };
-        let state = &self.vstate[i];
-        if !was_guest {
+            return;
+        };
+        // Guest to guest: HCR_EL2 stays the guest configuration (returning
+        // to EL1 with TGE set is an illegal exception return, Arm ARM
+        // D1.3.5); only the EL1 and GIC state changes hands.
+        if !self.save_guest() {
             guest::set_hcr(vcpu::HCR_GUEST);
         }
+        let state = &self.vstate[i];
         guest::restore_el1(state);
         if let Some(gich) = &self.gich {
             gich.restore(state);

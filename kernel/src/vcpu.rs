@@ -16,12 +16,23 @@
 
 use tenure_abi::vcpu::VcpuReg;
 
-/// HCR_EL2 while a guest runs: RW (EL1 is AArch64), TSC (SMC traps),
-/// TWE and TWI (WFE and WFI trap), AMO, IMO and FMO (physical SErrors,
-/// IRQs and FIQs come to EL2; the guest gets virtual ones), VM (stage 2
-/// on). No TGE and no DC: the guest's own stage 1 runs at EL1.
-pub const HCR_GUEST: u64 =
-    (1 << 31) | (1 << 19) | (1 << 14) | (1 << 13) | (1 << 5) | (1 << 4) | (1 << 3) | 1;
+/// HCR_EL2 while a guest runs: RW (EL1 is AArch64), TACR (ACTLR_EL1,
+/// which controls the core's implementation-defined behaviour for every
+/// guest and PD, traps), TIDCP (so do the implementation-defined system
+/// registers), TSC (SMC traps), TWE and TWI (WFE and WFI trap), AMO, IMO
+/// and FMO (physical SErrors, IRQs and FIQs come to EL2; the guest gets
+/// virtual ones), VM (stage 2 on). No TGE and no DC: the guest's own
+/// stage 1 runs at EL1. docs/el1-state.md has the whole table.
+pub const HCR_GUEST: u64 = (1 << 31)
+    | (1 << 21)
+    | (1 << 20)
+    | (1 << 19)
+    | (1 << 14)
+    | (1 << 13)
+    | (1 << 5)
+    | (1 << 4)
+    | (1 << 3)
+    | 1;
 
 /// SPSR_EL2 a vCPU starts with: EL1h, D, A, I and F masked (the arm64
 /// boot protocol's entry state).
