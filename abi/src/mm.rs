@@ -193,11 +193,14 @@ pub enum MmError {
     KernelRefused = 20,
     /// Never sent: what a client reports for a reply it cannot decode.
     MalformedReply = 21,
+    /// The guest holds as many pages as its memory limit allows
+    /// (system.xml's `memory_limit`); only that guest's controller sees it.
+    OverLimit = 22,
 }
 
 impl MmError {
     /// Every code, in order.
-    pub const ALL: [MmError; 21] = [
+    pub const ALL: [MmError; 22] = [
         MmError::UnknownRequest,
         MmError::BadLength,
         MmError::BadArgument,
@@ -219,6 +222,7 @@ impl MmError {
         MmError::OutOfTableMemory,
         MmError::KernelRefused,
         MmError::MalformedReply,
+        MmError::OverLimit,
     ];
 
     /// Decodes a reply label that is not 0.
@@ -890,7 +894,7 @@ mod tests {
         assert_eq!(Label::from_raw(12), Err(MmError::UnknownRequest));
         assert_eq!(Label::from_raw(u64::MAX), Err(MmError::UnknownRequest));
         assert_eq!(MmError::from_raw(0), None);
-        assert_eq!(MmError::from_raw(22), None);
+        assert_eq!(MmError::from_raw(23), None);
     }
 
     #[test]

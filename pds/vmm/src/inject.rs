@@ -33,6 +33,7 @@ use crate::esr::{IL, ec};
 use crate::vcpu::{GuestVcpu, pstate};
 use microkit::Reg;
 use tenure_abi::Error;
+use tenure_abi::mm::MmError;
 use tenure_abi::vcpu::VcpuReg;
 
 /// The fault status of a synchronous external abort not on a translation
@@ -74,6 +75,12 @@ pub enum Reason {
     /// A trapped system register access or instruction the VMM does not
     /// emulate.
     Untrapped,
+    /// A translation fault on a page mm has mapped already: retrying
+    /// would fault again.
+    Refault,
+    /// mm refused to give the guest the page (its memory limit, or an
+    /// empty pool).
+    MemoryRefused(MmError),
 }
 
 /// What the VMM wrote into the guest.

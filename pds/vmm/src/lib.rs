@@ -6,10 +6,11 @@
 //!
 //! | exit | decision |
 //! |---|---|
-//! | data abort on guest RAM (translation, access flag) | mm `Populate`s the page; the guest retries |
+//! | data abort on guest RAM (translation, access flag) | mm `Populate`s the page; the guest retries (an abort injected if mm refuses, or mapped nothing new) |
 //! | data abort on the emulated PL011 | emulated ([`pl011`]): UARTDR writes are console output; PC + 4 |
 //! | data abort on the GIC distributor | reads as zero, writes ignored (no vGIC distributor yet); PC + 4 |
-//! | data abort on a passthrough range | mm `MapDevice`s it; the guest retries |
+//! | data abort on a passthrough range (translation, access flag) | mm `MapDevice`s it; the guest retries (an abort injected if mm refuses, or mapped nothing new) |
+//! | any other fault on RAM or a passthrough range (permission, alignment...) | an abort injected: retrying would fault again |
 //! | cache maintenance on a device address | nothing to do; PC + 4 |
 //! | any access to nothing, an undecodable device access, a fetch from a device | an abort injected ([`inject`]) |
 //! | HVC / SMC | answered ([`smccc`]): PSCI, SMCCC, HYP_MEMINFO, the memory calls forwarded to mm ([`memory`]); PC + 4 after an SMC |
@@ -91,8 +92,6 @@ pub use smccc::Halt;
 pub use vcpu::GuestVcpu;
 pub use vmm::{Decision, Device, Vmm, load_value};
 
-use tenure_abi::mm::MmError;
-
 /// Why the VMM cannot go on with an exit: the guest stays stopped and
 /// the PD reports it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,8 +102,6 @@ pub enum VmmError {
     MalformedExit(u64),
     /// The kernel refused a vCPU invocation.
     Vcpu(tenure_abi::Error),
-    /// mm could not back guest RAM at a fault.
-    Populate(MmError),
 }
 
 impl From<tenure_abi::Error> for VmmError {

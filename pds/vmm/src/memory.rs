@@ -7,10 +7,10 @@
 //! the pages): shared pages appear in the VMM's window at
 //! [`Layout::window_of`] their IPA. A range that is not all guest RAM is
 //! DENIED here without asking mm (mm would refuse it too, with
-//! `NotDeclared`). mm's refusals map onto the ABI's codes: a malformed
-//! request (which [`tenure_abi::hvc::MemRange::decode`] has already
-//! excluded) is INVALID_PARAMETER, every other refusal DENIED, the code
-//! Linux's guest driver treats as any other failure.
+//! `NotDeclared`). A malformed request never reaches mm
+//! ([`tenure_abi::hvc::MemRange::decode`] answers INVALID_PARAMETER), so
+//! every refusal of mm's is DENIED, the code Linux's guest driver treats
+//! as any other failure.
 //!
 //! All or nothing: mm does a request whole or not at all, but refuses a
 //! range whose pages are not physically contiguous (`NotContiguous`),
@@ -55,15 +55,14 @@ impl MemOutcome {
     }
 }
 
-/// The ABI code for a refusal of mm's.
+/// The ABI code for a refusal of mm's. The VMM forwards only ranges
+/// that decoded ([`tenure_abi::hvc::MemRange::decode`]: a malformed one is
+/// INVALID_PARAMETER before mm hears of it) and lie in guest RAM, so
+/// whatever mm refuses is a page state the guest may not change: DENIED,
+/// as the ABI's table says, whichever code mm gave.
 #[must_use]
-pub const fn ret_of(e: MmError) -> Ret {
-    match e {
-        MmError::BadArgument | MmError::Misaligned | MmError::Overflow | MmError::PastEnd => {
-            Ret::InvalidParameter
-        }
-        _ => Ret::Denied,
-    }
+pub const fn ret_of(_: MmError) -> Ret {
+    Ret::Denied
 }
 
 /// The request for `op` on `pages` pages from guest IPA `ipa`; `None` if
@@ -363,17 +362,18 @@ mod tests {
             (twice.ret, twice.done, twice.refused),
             (Ret::Denied, 0, Some(MmError::AlreadyShared))
         );
+        // A well-formed range in RAM that mm refuses, for whatever
+        // reason, is DENIED: for each operation, relinquish included.
         for e in MmError::ALL {
-            let want = match e {
-                MmError::BadArgument
-                | MmError::Misaligned
-                | MmError::Overflow
-                | MmError::PastEnd => Ret::InvalidParameter,
-                _ => Ret::Denied,
-            };
-            assert_eq!(ret_of(e), want, "{e:?}");
-            let mut mm = FakeMm { refuse_all: Some(e), ..FakeMm::default() };
-            assert_eq!(forward(&mut mm, &l, MemOp::Unshare, range(RAM, 1)).ret, want);
+            assert_eq!(ret_of(e), Ret::Denied, "{e:?}");
+            for op in [MemOp::Share, MemOp::Unshare, MemOp::Relinquish] {
+                let mut mm = FakeMm { refuse_all: Some(e), ..FakeMm::default() };
+                assert_eq!(
+                    forward(&mut mm, &l, op, range(RAM, 1)).ret,
+                    Ret::Denied,
+                    "{op:?} {e:?}"
+                );
+            }
         }
     }
 

@@ -95,6 +95,7 @@ impl Guest {
 /// Translation fault, level 3.
 const TRANSLATION: u64 = 0b00_0111;
 const PERMISSION: u64 = 0b00_1111;
+const ALIGNMENT: u64 = 0b10_0001;
 const ISV: u64 = 1 << 24;
 const WNR: u64 = 1 << 6;
 const SSE: u64 = 1 << 21;
@@ -343,10 +344,31 @@ fn a_permission_fault_on_ram_is_not_papered_over() {
 }
 
 #[test]
-fn ram_mm_cannot_back_stops_the_guest() {
+fn ram_mm_refuses_to_back_is_an_abort_for_the_guest() {
     let mut g = Guest::new();
-    g.mm.refuse_all = Some(MmError::PoolExhausted);
-    assert_eq!(g.data(RAM, access(2, 0)), Err(VmmError::Populate(MmError::PoolExhausted)));
+    for refusal in [MmError::PoolExhausted, MmError::OverLimit] {
+        g.mm.refuse_all = Some(refusal);
+        let i = injected(g.data(RAM, access(2, 0)));
+        assert_eq!(i.reason, Reason::MemoryRefused(refusal));
+    }
+}
+
+#[test]
+fn a_fault_on_a_page_mm_has_mapped_is_an_abort_not_a_retry() {
+    let mut g = Guest::new();
+    g.data(GICC + 4, access(2, 0)).unwrap();
+    // The same translation fault again: mm maps nothing new.
+    assert_eq!(injected(g.data(GICC + 4, access(2, 0))).reason, Reason::Refault);
+    g.data(RAM, access(2, 0)).unwrap();
+    assert_eq!(injected(g.data(RAM, access(2, 0))).reason, Reason::Refault);
+}
+
+#[test]
+fn an_alignment_fault_on_a_passthrough_page_is_an_abort_without_asking_mm() {
+    let mut g = Guest::new();
+    let i = injected(g.data(GICC + 4, (access(3, 0) & !0x3f) | ALIGNMENT));
+    assert_eq!(i.reason, Reason::Unexpected);
+    assert!(g.mm.requests.is_empty());
 }
 
 #[test]

@@ -12,6 +12,7 @@ use crate::vgic::{IrqDecision, ListRegisters};
 use crate::{VmmError, pl011};
 use microkit::Reg;
 use tenure_abi::hvc::Ret;
+use tenure_abi::mm::MmError;
 
 /// Bytes of an A64 instruction: how far the PC moves past one the VMM
 /// emulated.
@@ -226,9 +227,10 @@ impl Vmm {
         let (exception, reason) = match self.layout.region(ipa) {
             Region::Ram => match abort.fault.kind() {
                 FaultKind::Translation | FaultKind::AccessFlag => {
-                    let (ipa, pages) =
-                        memory::populate(mm, &self.layout, ipa).map_err(VmmError::Populate)?;
-                    return Ok(Decision::Populated { ipa, pages });
+                    match populated(memory::populate(mm, &self.layout, ipa)) {
+                        Ok(done) => return Ok(done),
+                        Err(reason) => abort_with(reason),
+                    }
                 }
                 _ => abort_with(Reason::Unexpected),
             },
@@ -236,9 +238,19 @@ impl Vmm {
                 step(vcpu, pc)?;
                 return Ok(Decision::CacheMaintenance { ipa });
             }
-            Region::Passthrough(_) => match memory::map_device(mm, &self.layout, ipa) {
-                Ok((ipa, pages)) => return Ok(Decision::MappedDevice { ipa, pages }),
-                Err(_) => abort_with(Reason::DeviceRefused),
+            // Only a missing mapping is mm's to fix: an alignment or
+            // permission fault on a mapped device page would fault again.
+            Region::Passthrough(_) => match abort.fault.kind() {
+                FaultKind::Translation | FaultKind::AccessFlag => {
+                    match memory::map_device(mm, &self.layout, ipa) {
+                        Ok((ipa, pages)) if pages > 0 => {
+                            return Ok(Decision::MappedDevice { ipa, pages });
+                        }
+                        Ok(_) => abort_with(Reason::Refault),
+                        Err(_) => abort_with(Reason::DeviceRefused),
+                    }
+                }
+                _ => abort_with(Reason::Unexpected),
             },
             Region::Pl011(offset) => {
                 match self.device(Device::Pl011, offset, ipa, pc, abort, vcpu, console)? {
@@ -328,9 +340,10 @@ impl Vmm {
     ) -> Result<Decision, VmmError> {
         let reason = match (self.layout.region(ipa), fault.kind()) {
             (Region::Ram, FaultKind::Translation | FaultKind::AccessFlag) => {
-                let (ipa, pages) =
-                    memory::populate(mm, &self.layout, ipa).map_err(VmmError::Populate)?;
-                return Ok(Decision::Populated { ipa, pages });
+                match populated(memory::populate(mm, &self.layout, ipa)) {
+                    Ok(done) => return Ok(done),
+                    Err(reason) => reason,
+                }
             }
             (Region::Ram, _) => Reason::Unexpected,
             (Region::Outside, _) => Reason::Outside,
@@ -371,6 +384,18 @@ impl Vmm {
             step(vcpu, pc)?;
         }
         Ok(decision)
+    }
+}
+
+/// What mm's answer to a `Populate` comes to: the guest retries only if
+/// mm mapped something. A page that was there already would fault again,
+/// and a refusal (the guest's memory limit, an empty pool) will not go
+/// away by retrying: both are aborts for the guest.
+fn populated(answer: Result<(u64, u64), MmError>) -> Result<Decision, Reason> {
+    match answer {
+        Ok((ipa, pages)) if pages > 0 => Ok(Decision::Populated { ipa, pages }),
+        Ok(_) => Err(Reason::Refault),
+        Err(e) => Err(Reason::MemoryRefused(e)),
     }
 }
 
