@@ -5,7 +5,7 @@
 //! # Word layout
 //!
 //! Every value is one little-endian `u64` at a fixed index; entries past a
-//! count are zero. [`WORDS`] words in all (335); a larger symbol is fine,
+//! count are zero. [`WORDS`] words in all (343); a larger symbol is fine,
 //! the words past [`WORDS`] are zero.
 //!
 //! ```text
@@ -22,13 +22,15 @@
 //! 7 + 4c + 2              client c: flags; bit 0 = it has a window at WINDOW_IPA
 //! 7 + 4c + 3              client c: its PD's index in system.xml order (0..MAX_PDS),
 //!                         which the stage-2 control capability's LINK_WINDOW takes
-//! GUESTS + 37g + 0        guest g: its VM index in system.xml order (0..=254)
-//! GUESTS + 37g + 1        guest g: its VMID (1..=255)
-//! GUESTS + 37g + 2        guest g: its controller, a client index (its VMM)
-//! GUESTS + 37g + 3        guest g: number of RAM ranges, 0..=MAX_RAM_RANGES
-//! GUESTS + 37g + 4        guest g: number of device ranges, 0..=MAX_DEVICE_RANGES
-//! GUESTS + 37g + 5 + 2r   guest g, RAM range r: IPA, then size
-//! GUESTS + 37g + 13 + 3d  guest g, device range d: IPA, PA, then size
+//! GUESTS + 38g + 0        guest g: its VM index in system.xml order (0..=254)
+//! GUESTS + 38g + 1        guest g: its VMID (1..=255)
+//! GUESTS + 38g + 2        guest g: its controller, a client index (its VMM)
+//! GUESTS + 38g + 3        guest g: number of RAM ranges, 0..=MAX_RAM_RANGES
+//! GUESTS + 38g + 4        guest g: number of device ranges, 0..=MAX_DEVICE_RANGES
+//! GUESTS + 38g + 5 + 2r   guest g, RAM range r: IPA, then size
+//! GUESTS + 38g + 13 + 3d  guest g, device range d: IPA, PA, then size
+//! GUESTS + 38g + 37       guest g: its memory limit, the most pages it may own
+//!                         (at least 1; u64::MAX: no limit)
 //! ```
 //!
 //! where `GUESTS` = 7 + 4 × [`MAX_CLIENTS`] = 39.
@@ -40,15 +42,15 @@
 //! ids are distinct and at most 61; PD indices are distinct and below
 //! `MAX_PDS`; VMIDs are non-zero, at most 255 and distinct among clients
 //! and guests; VM indices are distinct; a guest's
-//! controller is a client; every range is page aligned, non-empty, inside
+//! controller is a client; a guest's limit is at least one page; every range is page aligned, non-empty, inside
 //! the 40-bit IPA space, and a device's physical range does not overflow.
 //! Decoding never panics.
 
 use crate::mm::{IPA_LIMIT, PAGE_SIZE};
 
-/// First word: "TNMMCFG" then the layout version (2: clients carry their
-/// PD index).
-pub const MAGIC: u64 = 0x544e_4d4d_4346_4702;
+/// First word: "TNMMCFG" then the layout version (3: guests carry their
+/// memory limit).
+pub const MAGIC: u64 = 0x544e_4d4d_4346_4703;
 /// Most guests one memory manager serves (`pds/mm/src/config.rs`).
 pub const MAX_GUESTS: usize = 8;
 /// Most clients, PDs that call mm (`pds/mm/src/config.rs`).
@@ -69,7 +71,9 @@ const HEADER_WORDS: usize = 7;
 /// Words of one client entry.
 pub const CLIENT_WORDS: usize = 4;
 /// Words of one guest entry.
-pub const GUEST_WORDS: usize = 5 + 2 * MAX_RAM_RANGES + 3 * MAX_DEVICE_RANGES;
+pub const GUEST_WORDS: usize = 6 + 2 * MAX_RAM_RANGES + 3 * MAX_DEVICE_RANGES;
+/// Offset of a guest's memory limit in its entry.
+const LIMIT_AT: usize = GUEST_WORDS - 1;
 /// Index of the first guest entry.
 const GUESTS_AT: usize = HEADER_WORDS + CLIENT_WORDS * MAX_CLIENTS;
 /// Words of the whole configuration.
@@ -97,7 +101,8 @@ pub enum MmConfigError {
     /// A client's channel id, VMID, flags or PD index are out of range,
     /// or two clients share a channel id or a PD.
     BadClient,
-    /// A guest's VM index, VMID or controller is out of range or taken.
+    /// A guest's VM index, VMID or controller is out of range or taken,
+    /// or its memory limit is zero.
     BadGuest,
     /// Two tables (clients' windows, guests) would share a VMID.
     DuplicateVmid,
@@ -164,6 +169,9 @@ pub struct Guest {
     pub vmid: u8,
     /// The client that controls it (its VMM), an index into the clients.
     pub controller: u8,
+    /// The most pages of the pool the guest may own at once (populated or
+    /// donated to it): its memory limit. `u64::MAX`, the default, is none.
+    pub limit_pages: u64,
     ram: [RamRange; MAX_RAM_RANGES],
     ram_count: usize,
     devices: [DeviceRange; MAX_DEVICE_RANGES],
@@ -178,6 +186,7 @@ impl Guest {
             vm,
             vmid,
             controller,
+            limit_pages: u64::MAX,
             ram: [RamRange { ipa: 0, size: 0 }; MAX_RAM_RANGES],
             ram_count: 0,
             devices: [DeviceRange { ipa: 0, pa: 0, size: 0 }; MAX_DEVICE_RANGES],
@@ -303,6 +312,7 @@ impl MmConfig {
             if g.vm == u8::MAX
                 || g.vmid == 0
                 || usize::from(g.controller) >= self.client_count
+                || g.limit_pages == 0
                 || reused
             {
                 return Err(MmConfigError::BadGuest);
@@ -348,6 +358,7 @@ impl MmConfig {
             w[at + 2] = g.controller.into();
             w[at + 3] = g.ram_count as u64;
             w[at + 4] = g.device_count as u64;
+            w[at + LIMIT_AT] = g.limit_pages;
             for (r, range) in g.ram().iter().enumerate() {
                 w[at + 5 + 2 * r] = range.ipa;
                 w[at + 6 + 2 * r] = range.size;
@@ -403,6 +414,8 @@ impl MmConfig {
             let ram = count(w[at + 3], MAX_RAM_RANGES)?;
             let devices = count(w[at + 4], MAX_DEVICE_RANGES)?;
             used[at..at + 5].fill(true);
+            used[at + LIMIT_AT] = true;
+            guest.limit_pages = w[at + LIMIT_AT];
             for r in 0..ram {
                 let r_at = at + 5 + 2 * r;
                 used[r_at..r_at + 2].fill(true);
@@ -441,6 +454,7 @@ mod tests {
         c.add_client(Client { channel: 3, vmid: 2, window: true, pd: 5 }).unwrap();
         c.add_client(Client { channel: 61, vmid: 4, window: false, pd: 7 }).unwrap();
         let mut g = Guest::new(0, 6, 0);
+        g.limit_pages = 512;
         g.add_ram(RamRange { ipa: 0x4000_0000, size: 0x1000_0000 }).unwrap();
         g.add_ram(RamRange { ipa: 0, size: 0x1000 }).unwrap();
         g.add_device(DeviceRange { ipa: 0x900_0000, pa: 0x900_0000, size: 0x1000 }).unwrap();
@@ -452,8 +466,8 @@ mod tests {
     #[test]
     fn the_layout_has_the_documented_size() {
         assert_eq!(GUESTS_AT, 39);
-        assert_eq!(GUEST_WORDS, 37);
-        assert_eq!(WORDS, 335);
+        assert_eq!(GUEST_WORDS, 38);
+        assert_eq!(WORDS, 343);
     }
 
     #[test]
@@ -501,7 +515,8 @@ mod tests {
         assert_eq!(with(10, 7), Err(MmConfigError::BadClient), "PD used twice");
         assert_eq!(with(40, 2), Err(MmConfigError::DuplicateVmid), "guest has client's VMID");
         assert_eq!(with(41, 2), Err(MmConfigError::BadGuest));
-        assert_eq!(with(39 + 37, 0), Err(MmConfigError::BadGuest), "VM index twice");
+        assert_eq!(with(39 + 38, 0), Err(MmConfigError::BadGuest), "VM index twice");
+        assert_eq!(with(39 + 37, 0), Err(MmConfigError::BadGuest), "no page allowed");
         assert_eq!(with(42, 5), Err(MmConfigError::TooMany));
         assert_eq!(with(44, 0x4000_0800), Err(MmConfigError::BadRange));
         assert_eq!(with(45, 0), Err(MmConfigError::BadRange));

@@ -109,6 +109,16 @@ pub enum BuildError {
         /// Bytes of roots and table pages.
         tables: u64,
     },
+    /// The guests' memory limits together exceed what the pool can give
+    /// them: one guest could starve another.
+    PoolOvercommitted {
+        /// The pool's memory region.
+        region: String,
+        /// Bytes of the pool left for guests, after roots and tables.
+        available: u64,
+        /// Each virtual machine's limit, in bytes.
+        limits: Vec<(String, u64)>,
+    },
     /// The memory manager's configuration could not be written.
     MmConfig {
         /// The mm PD.
@@ -144,6 +154,22 @@ impl fmt::Display for BuildError {
                  memory manager's roots and table pages take {tables:#x} bytes, and guests \
                  need memory beyond them"
             ),
+            BuildError::PoolOvercommitted { region, available, limits } => {
+                let total: u64 = limits.iter().map(|(_, limit)| limit).sum();
+                write!(
+                    f,
+                    "Error: the guest memory pool '{region}' has {available:#x} bytes for guests, \
+                     but their memory limits add up to {total:#x} ("
+                )?;
+                for (i, (vm, limit)) in limits.iter().enumerate() {
+                    write!(f, "{}'{vm}' {limit:#x}", if i == 0 { "" } else { ", " })?;
+                }
+                write!(
+                    f,
+                    "): one guest could take the pages another needs; give the virtual \
+                     machines a smaller memory_limit or the pool more memory"
+                )
+            }
             BuildError::MmConfig { pd, why } => write!(f, "Error: PD '{pd}': {why}"),
             BuildError::MmConfigInvalid(e) => {
                 write!(f, "Error: the memory manager's configuration is invalid: {e:?}")
@@ -300,6 +326,16 @@ fn mm_config(
             tables: reserved,
         });
     }
+    // Admission: every guest can reach its limit whatever the others do.
+    let limits: Vec<(String, u64)> = guests
+        .vms
+        .iter()
+        .map(|&(_, vm)| (vm.name.clone(), guests::memory_limit(system, vm)))
+        .collect();
+    let available = pool.size - reserved;
+    if limits.iter().map(|(_, limit)| limit).sum::<u64>() > available {
+        return Err(BuildError::PoolOvercommitted { region: pool.name.clone(), available, limits });
+    }
     let invalid = BuildError::MmConfigInvalid;
     let mut config =
         MmConfig::new(mm_config::Pool { base: pool_base, size: pool.size, vaddr, table_pages });
@@ -318,6 +354,7 @@ fn mm_config(
         let controller = controller.expect("the SDF checks every VMM is a client");
         let vmid = Guests::vmid(j, pds.len());
         let mut guest = mm_config::Guest::new(j as u8, vmid as u8, controller as u8);
+        guest.limit_pages = guests::memory_limit(system, vm) / PAGE;
         let ranges = guests::guest_ranges(system, vm);
         for (ipa, size) in ranges.ram {
             guest.add_ram(mm_config::RamRange { ipa, size }).map_err(invalid)?;
@@ -1206,6 +1243,7 @@ mod tests {
         );
         let [guest] = config.guests() else { panic!("one guest") };
         assert_eq!((guest.vm, guest.vmid, guest.controller), (0, 3, 0));
+        assert_eq!(guest.limit_pages, 0x80_0000 / PAGE, "no memory_limit: its RAM");
         assert_eq!(guest.ram(), [mm_config::RamRange { ipa: 0x4000_0000, size: 0x80_0000 }]);
         assert_eq!(
             guest.devices(),
@@ -1224,7 +1262,7 @@ mod tests {
             err.to_string(),
             format!(
                 "Error: PD 'mm': the memory manager's '__tenure_mm_config' symbol is {} bytes; \
-                 its configuration needs {CONFIG_BYTES} bytes (335 words)",
+                 its configuration needs {CONFIG_BYTES} bytes (343 words)",
                 CONFIG_BYTES - 8
             )
         );
@@ -1241,6 +1279,14 @@ mod tests {
                 .starts_with("Error: the guest memory pool 'pool' (0x200000 bytes) is too small"),
             "{err}"
         );
+        // 8 MiB of pool holds its tables, but not the 8 MiB the guest may own.
+        let err = build_guest("0x800000", CONFIG_BYTES).unwrap_err();
+        let BuildError::PoolOvercommitted { available, limits, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(*available < 0x80_0000, "{available:#x}");
+        assert_eq!(limits, &[("guest".to_string(), 0x80_0000)]);
+        assert!(err.to_string().contains("their memory limits add up to 0x800000"), "{err}");
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct GuestConfig {
     pub ram: [Option<IpaRange>; MAX_RAM_RANGES],
     /// Its passthrough devices, mapped on fault.
     pub devices: [Option<DeviceRange>; MAX_DEVICE_RANGES],
+    /// The most pool pages it may own at once (system.xml's
+    /// `memory_limit`; `u64::MAX` for none).
+    pub limit: u64,
 }
 
 impl GuestConfig {
@@ -116,7 +119,15 @@ impl GuestConfig {
             controller,
             ram: [None; MAX_RAM_RANGES],
             devices: [None; MAX_DEVICE_RANGES],
+            limit: u64::MAX,
         }
+    }
+
+    /// Limits the guest to `pages` pool pages.
+    #[must_use]
+    pub const fn with_limit(mut self, pages: u64) -> Self {
+        self.limit = pages;
+        self
     }
 
     /// Adds a RAM range; `None` if the list is full.
@@ -319,7 +330,8 @@ impl Declared {
             clients[i] = Some(ClientLink { channel: c.channel, pd: c.pd });
         }
         for g in abi.guests() {
-            let mut guest = GuestConfig::new(VmId(g.vmid.into()), ClientId(g.controller));
+            let mut guest = GuestConfig::new(VmId(g.vmid.into()), ClientId(g.controller))
+                .with_limit(g.limit_pages);
             for r in g.ram() {
                 let range = IpaRange::new(Ipa::new(r.ipa), r.size).ok_or(SetupError::Config)?;
                 guest = guest.with_ram(range).ok_or(SetupError::Config)?;

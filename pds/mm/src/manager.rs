@@ -68,6 +68,10 @@ pub struct Manager<M: MmOps, K: Stage2Control> {
     roots: PhysAddr,
     /// Where the search for a free pool page starts (next fit).
     rover: u64,
+    /// Pool pages each guest owns (entry `i` is guest `i + 1`), against
+    /// its limit: populated into it or donated to it, until it gives them
+    /// back (relinquish, donate to its controller) or is torn down.
+    held: [u64; MAX_GUESTS],
 }
 
 /// hyp-mm's refusals as protocol codes, when the pages say nothing more.
@@ -145,7 +149,7 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
         batch.send(&mut control);
         cache.topup(&mut mem, CACHE_PAGES).map_err(|_| SetupError::TableMemory)?;
         let rover = layout.managed().start().raw();
-        Ok(Manager { mem, control, own, cache, batch, config, roots, rover })
+        Ok(Manager { mem, control, own, cache, batch, config, roots, rover, held: [0; MAX_GUESTS] })
     }
 
     /// Serves one PPC: `caller` is the client the channel belongs to,
@@ -349,6 +353,33 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
         })
     }
 
+    /// The pages guest `id` owns.
+    fn held_mut(&mut self, id: GuestId) -> Option<&mut u64> {
+        self.held.get_mut(usize::from(id.get()).checked_sub(1)?)
+    }
+
+    /// Pages the pool holds for guest `id`.
+    #[must_use]
+    pub fn held(&self, id: GuestId) -> u64 {
+        usize::from(id.get()).checked_sub(1).and_then(|i| self.held.get(i)).copied().unwrap_or(0)
+    }
+
+    /// Refuses `pages` more pages for guest `id` past its limit.
+    fn within_limit(&self, id: GuestId, config: &GuestConfig, pages: u64) -> Result<(), MmError> {
+        match self.held(id).checked_add(pages) {
+            Some(total) if total <= config.limit => Ok(()),
+            _ => Err(MmError::OverLimit),
+        }
+    }
+
+    /// Counts `pages` pages into (`gained`) or out of guest `id`'s
+    /// holding, once the request that moved them has succeeded.
+    fn account(&mut self, id: GuestId, pages: u64, gained: bool) {
+        if let Some(held) = self.held_mut(id) {
+            *held = if gained { held.saturating_add(pages) } else { held.saturating_sub(pages) };
+        }
+    }
+
     // ---- requests ----
 
     fn create(&mut self, caller: ClientId, id: GuestId) -> Outcome {
@@ -377,6 +408,10 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
     ) -> Outcome {
         let tr = self.sides(caller, &t)?;
         let prot = prot(access);
+        if kind == Kind::Donate && t.direction == Direction::ToGuest {
+            let (_, config) = self.guest(caller, t.guest)?;
+            self.within_limit(t.guest, &config, tr.pages)?;
+        }
         // The physical pages, for the clean a new guest mapping needs.
         let pa = match self.own.view(&self.mem, tr.from, Ipa::new(tr.from_addr)) {
             Ok(PageView::Mapped { pa, .. }) => Some(pa),
@@ -394,6 +429,9 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
         };
         if let Err(e) = result {
             return Err(self.explain(kind, &tr, prot, e));
+        }
+        if kind == Kind::Donate {
+            self.account(t.guest, tr.pages, t.direction == Direction::ToGuest);
         }
         if t.direction == Direction::ToGuest
             && kind != Kind::Unshare
@@ -429,6 +467,14 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
     fn relinquish(&mut self, caller: ClientId, target: Target, range: PageRange) -> Outcome {
         let who = self.target(caller, target, range)?;
         let ipa = Ipa::new(range.start());
+        // What leaves the guest's holding: the pages it owns, not those it
+        // gives back to a lender.
+        let owned = (0..range.pages())
+            .filter(|&p| {
+                let view = self.own.view(&self.mem, who, ipa.add(p * PAGE_SIZE));
+                matches!(view, Ok(PageView::Mapped { state: PageState::Owned, .. }))
+            })
+            .count() as u64;
         self.reserve(range.pages(), 3);
         let mut ops =
             Batched { mem: &mut self.mem, control: &mut self.control, batch: &mut self.batch };
@@ -442,6 +488,9 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
             }
             _ => code(e),
         })?;
+        if let Target::Guest(id) = target {
+            self.account(id, owned, false);
+        }
         Ok(Reply::Done)
     }
 
@@ -462,6 +511,10 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
             }
             _ => return Err(MmError::AlreadyMapped),
         }
+        if let Target::Guest(id) = target {
+            let (_, config) = self.guest(caller, id)?;
+            self.within_limit(id, &config, 1)?;
+        }
         let pa = self.find_free().ok_or(MmError::PoolExhausted)?;
         let prot = if target == Target::Caller { WINDOW_RAM } else { GUEST_RAM };
         let tr = Transfer {
@@ -480,6 +533,9 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
         // way back in; the owner does not run before the reply.
         ops.zero_page(pa);
         self.rover = pa.raw() + PAGE_SIZE;
+        if let Target::Guest(id) = target {
+            self.account(id, 1, true);
+        }
         Ok(Reply::Mapped { ipa: ipa.raw(), pages: 1 })
     }
 
@@ -606,6 +662,9 @@ impl<M: MmOps, K: Stage2Control> Manager<M, K> {
         let removed = self.own.remove_component(&mut ops, guest);
         debug_assert!(removed.is_ok(), "an empty dying table is removed");
         let tables = self.batch.freed_tables;
+        if let Some(held) = self.held_mut(id) {
+            *held = 0;
+        }
         Ok(Reply::TornDown { pages, tables })
     }
 

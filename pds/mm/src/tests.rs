@@ -384,6 +384,52 @@ fn the_pool_runs_out_cleanly() {
 }
 
 #[test]
+fn a_guest_at_its_limit_is_refused_and_no_other_guest_notices() {
+    const LIMIT: u64 = 8;
+    let mut c = config();
+    c.guests[0] = c.guests[0].map(|g| g.with_limit(LIMIT));
+    let mut w = World::over(
+        PoolLayout::new(
+            PhysAddr::new(BASE),
+            (ROOT_AREA_PAGES as u64 + TABLE_PAGES + POOL_PAGES) * PAGE_SIZE,
+            TABLE_PAGES,
+        )
+        .unwrap(),
+        c,
+    );
+    w.ok(VMM, Request::CreateGuest { guest: g(1) });
+    w.ok(OTHER_VMM, Request::CreateGuest { guest: g(2) });
+    // Guest 1 populates up to its limit, then is refused, changing nothing.
+    for i in 0..LIMIT {
+        w.ok(VMM, populate(G1, RAM + i * PAGE_SIZE));
+    }
+    assert_eq!(w.m.held(g(1)), LIMIT);
+    let before = w.snapshot();
+    w.refused(VMM, populate(G1, RAM + LIMIT * PAGE_SIZE), MmError::OverLimit);
+    assert!(w.snapshot() == before, "a refusal at the limit changes nothing");
+    // A donation past the limit is refused too.
+    w.ok(VMM, populate(Target::Caller, WINDOW));
+    let donate = Request::Donate {
+        transfer: transfer(1, Direction::ToGuest, WINDOW, RAM + 0x10_0000, 1),
+        access: Access::RWX,
+    };
+    w.refused(VMM, donate, MmError::OverLimit);
+    // The other guest, with no limit of its own, takes what is left.
+    let g2 = Target::Guest(g(2));
+    for i in 0..POOL_PAGES - LIMIT - 1 {
+        w.ok(OTHER_VMM, populate(g2, RAM + i * PAGE_SIZE));
+    }
+    // Giving a page back makes room for one more; a teardown for all.
+    w.ok(VMM, Request::Relinquish { target: G1, range: pages(RAM, 1) });
+    assert_eq!(w.m.held(g(1)), LIMIT - 1);
+    w.ok(VMM, Request::Teardown { guest: g(1) });
+    assert_eq!(w.m.held(g(1)), 0);
+    w.ok(VMM, Request::CreateGuest { guest: g(1) });
+    w.ok(VMM, donate);
+    assert_eq!(w.m.held(g(1)), 1);
+}
+
+#[test]
 fn table_memory_runs_out_cleanly() {
     // Just enough table pages for the first cache: each populate far from
     // the last needs new tables in the guest and the ledger.

@@ -134,6 +134,12 @@ pub fn guest_ranges(system: &SystemDescription, vm: &VirtualMachine) -> GuestRan
     out
 }
 
+/// The most bytes of the pool `vm` may own: its `memory_limit`, or the
+/// size of its RAM.
+pub fn memory_limit(system: &SystemDescription, vm: &VirtualMachine) -> u64 {
+    vm.memory_limit.unwrap_or_else(|| guest_ranges(system, vm).ram.iter().map(|&(_, s)| s).sum())
+}
+
 fn element(message: String, element: &str, at: &Location) -> SdfError {
     SdfError::Element { message, element: element.to_string(), at: at.clone() }
 }
@@ -405,6 +411,23 @@ fn guest_memory_rules<'a>(
             }
         }
         let ranges = guest_ranges(system, vm);
+        let ram: u64 = ranges.ram.iter().map(|&(_, size)| size).sum();
+        if let Some(limit) = vm.memory_limit {
+            let problem = if limit == 0 || !limit.is_multiple_of(tenure_abi::mm::PAGE_SIZE) {
+                Some("must be a non-zero multiple of 0x1000".to_string())
+            } else if limit > ram {
+                Some(format!("exceeds its RAM (0x{ram:x} bytes)"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(element(
+                    format!("memory_limit 0x{limit:x} of virtual machine '{}' {problem}", vm.name),
+                    "virtual_machine",
+                    &vm.at,
+                ));
+            }
+        }
         for (n, max, what) in [
             (ranges.ram.len(), MAX_RAM_RANGES, "RAM ranges"),
             (ranges.devices.len(), MAX_DEVICE_RANGES, "device ranges"),

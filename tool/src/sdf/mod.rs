@@ -328,6 +328,9 @@ pub struct VirtualMachine {
     pub vcpus: Vec<Vcpu>,
     /// Guest-physical maps.
     pub maps: Vec<Map>,
+    /// Tenure's `memory_limit`: the most bytes of the memory manager's
+    /// pool the guest may own at once; default its RAM size.
+    pub memory_limit: Option<u64>,
     /// Where the element starts.
     pub at: Location,
 }

@@ -379,9 +379,10 @@ impl<'a, 'input> Reader<'a, 'input> {
     }
 
     fn virtual_machine(&self, node: Node) -> Result<VirtualMachine> {
-        self.check_attributes(node, &["name", "priority", "budget", "period"])?;
+        self.check_attributes(node, &["name", "priority", "budget", "period", "memory_limit"])?;
         let name = self.required(node, "name")?.to_string();
         let (priority, budget, period) = self.scheduling(node)?;
+        let memory_limit = self.optional_number(node, "memory_limit")?;
         let mut vcpus: Vec<Vcpu> = Vec::new();
         let mut maps = Vec::new();
         for child in node.children().filter(Node::is_element) {
@@ -412,7 +413,16 @@ impl<'a, 'input> Reader<'a, 'input> {
                 message: format!("missing 'vcpu' element on virtual_machine: '{name}'"),
             });
         }
-        Ok(VirtualMachine { name, priority, budget, period, vcpus, maps, at: self.loc(node) })
+        Ok(VirtualMachine {
+            name,
+            priority,
+            budget,
+            period,
+            vcpus,
+            maps,
+            memory_limit,
+            at: self.loc(node),
+        })
     }
 
     fn memory_region(&self, node: Node) -> Result<MemoryRegion> {

@@ -150,14 +150,17 @@ mod pd {
         ]
     }
 
-    /// Populates guest RAM from its start until mm runs out of pool:
+    /// Populates guest RAM from its start until mm runs out of pool (or
+    /// reaches the guest's limit, which is the whole pool):
     /// the pages it got, or `None` if it stopped for another reason.
     fn fill() -> Option<u64> {
         let mut pages = 0;
         loop {
             match populate(Target::Guest(GUEST), RAM + pages * PAGE_SIZE) {
                 Ok(Reply::Mapped { pages: 1, .. }) => pages += 1,
-                Err(MmError::PoolExhausted) => return Some(pages),
+                // The guest's memory_limit is all the pool holds for
+                // guests, so it stops the fill only when no page is lost.
+                Err(MmError::PoolExhausted | MmError::OverLimit) => return Some(pages),
                 other => {
                     debug_println!("# fill stopped at page {pages}: {other:?}");
                     return None;
