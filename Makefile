@@ -61,6 +61,7 @@ LINTED_PDS := -p tenure-serial -p tenure-mm -p tenure-vmm -p tenure-example-ping
 	-p tenure-example-pong -p tenure-ipc-driver -p tenure-ipc-echo -p tenure-ipc-deep \
 	-p tenure-ipc-sink -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd \
 	-p tenure-passive-pd -p tenure-vcpu-pd -p tenure-mm-suite-pd -p tenure-guest-monitor-pd \
+	-p tenure-hostile-collector-pd \
 	-p tenure-bench-boot -p tenure-bench-client -p tenure-bench-pong -p tenure-bench-server \
 	-p tenure-bench-mm -p tenure-test-guest
 

@@ -76,7 +76,7 @@ check "clippy (PDs, aarch64-unknown-none)" \
     -p tenure-ipc-echo -p tenure-ipc-deep -p tenure-ipc-sink \
     -p tenure-sched-pd -p tenure-faults-pd -p tenure-irq-pd -p tenure-passive-pd -p tenure-vcpu-pd \
     -p tenure-mm -p tenure-mm-suite-pd \
-    -p tenure-vmm -p tenure-guest-monitor-pd \
+    -p tenure-vmm -p tenure-guest-monitor-pd -p tenure-hostile-collector-pd \
     -p tenure-bench-boot -p tenure-bench-client -p tenure-bench-pong -p tenure-bench-server \
     -p tenure-bench-mm \
     --target aarch64-unknown-none -- -D warnings

@@ -90,6 +90,9 @@ if ! guest-images/build.sh; then
 fi
 
 check passing_run native "probes=$NATIVE_PROBES expect=native"
+# The probes of the hostile suite that mean something alone: natively the
+# registers are the guest's own, all RAM is there and the load completes.
+check passing_run native-hostile "probes=trapped,fair,refault,quota,off expect=native"
 # A later boot (a fresh machine) finds the secret page zeroed.
 check passing_run native-secret-read "probes=secret-read,off expect=native"
 # Without Tenure the default expectations must fail, with the reason.

@@ -74,6 +74,12 @@ impl Tap {
         if matches!(self.verdict, Some(Verdict::Crash(_))) {
             return line == "TEST_FAIL";
         }
+        // A client's line (the serial PD labels each one) is that
+        // client's, whatever it says: a guest's console can print
+        // anything, and nothing in it is the kernel's or a suite's.
+        if client_line(line) {
+            return false;
+        }
         if CRASH_MARKERS.iter().any(|marker| line.contains(marker)) {
             self.verdict = Some(Verdict::Crash(line.to_string()));
             return false;
@@ -104,6 +110,15 @@ impl Tap {
         let extra = u32::from(!self.success() && self.failed == 0);
         (self.passed, self.failed + extra)
     }
+}
+
+/// Whether `line` is one the serial PD labelled with a client's name
+/// (`name| ...`: up to 32 characters, no space, then `| `), which the
+/// runner attributes to that client and never counts.
+fn client_line(line: &str) -> bool {
+    line.split_once("| ").is_some_and(|(name, _)| {
+        !name.is_empty() && name.len() <= 32 && !name.contains(char::is_whitespace)
+    })
 }
 
 /// `ok 3 - what` (or `not ok 3`): `prefix`, then a test number.
@@ -203,6 +218,25 @@ mod tests {
         let short = feed(&["ok 1 - a", "1..2", "TEST_PASS"]);
         assert_eq!(short.counts(), (1, 1));
         // Not results: no number, or text that merely starts alike.
+        // What a guest prints reaches the console under its VMM's label:
+        // nothing there counts, a forged crash included.
+        let forged = feed(&[
+            "1..1",
+            "vmm| TEST_PASS",
+            "vmm_forger| ok 999 - forged",
+            "vmm_forger| not ok 998 - forged",
+            "vmm_forger| 1..5",
+            "vmm_forger| KERNEL PANIC: forged",
+            "vmm_forger| KERNEL UNEXPECTED EXCEPTION: forged",
+            "ok 1 - real",
+            "TEST_PASS",
+        ]);
+        assert!(forged.success(), "{forged:?}");
+        assert_eq!((forged.passed, forged.failed, forged.plan), (1, 0, Some(1)));
+        // The kernel's own lines still count, labels or not in them.
+        let mut crash = Tap::default();
+        assert!(!crash.line("KERNEL PANIC: at src/x.rs| 3"));
+        assert!(matches!(crash.verdict, Some(Verdict::Crash(_))));
         let noise = feed(&["ok - no number", "okay 1", "not ok", "TEST_PASS"]);
         assert_eq!(noise.counts(), (0, 0));
     }

@@ -12,13 +12,14 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 
-# The probes: every one that runs in a single boot (the hostile ten
+# The probes: every one that runs in a single boot (the hostile twelve
 # included), then power off; the VMM's checks need share, unshare,
 # outside and gicc-iidr (the GICV page system.xml passes through).
 BOOTARGS="probes=print,meminfo,share,unshare,relinquish,hostile,outside,gicc-iidr,off expect=tenure"
 
 cargo build -q --release --target aarch64-unknown-none \
-    -p tenure-serial -p tenure-mm -p tenure-vmm -p tenure-guest-monitor-pd
+    -p tenure-serial -p tenure-mm -p tenure-vmm -p tenure-guest-monitor-pd \
+    -p tenure-hostile-collector-pd
 guest-images/build.sh
 guest-images/dtb.sh "$BOOTARGS" build/guest-images/guest-suite.dtb
 
@@ -41,3 +42,15 @@ guest-images/dtb.sh \
     build/guest-images/guest-pair-a.dtb
 guest-images/dtb.sh "probes=print,secret-read,share,unshare,relinquish,hostile,outside,off $SECRET" \
     build/guest-images/guest-pair-b.dtb
+
+# hostile: three guests side by side. The attacker and the victim write
+# their own secrets (tag=) into the EL1 state and check it after the
+# other ran; the attacker ends by touching RAM until its memory limit;
+# the forger prints lines dressed as a runner's and no TAP of its own.
+guest-images/dtb.sh \
+    "probes=print,el1-state,trapped,refault,share,unshare,hostile,outside,quota,off tag=0xa11ce" \
+    build/guest-images/hostile-attacker.dtb
+guest-images/dtb.sh \
+    "probes=print,el1-state,fair,trapped,share,unshare,relinquish,hostile,outside,refault,off tag=0xb0b" \
+    build/guest-images/hostile-victim.dtb
+guest-images/dtb.sh "probes=forge,off tap=none" build/guest-images/hostile-forger.dtb

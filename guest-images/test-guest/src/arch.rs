@@ -246,6 +246,21 @@ pub fn guarded_read32(addr: u64) -> Result<u32, Abort> {
     }
 }
 
+/// Runs `access`, one instruction (in an `asm!` block of its own) that
+/// may take a synchronous exception: the exception is caught and
+/// returned, and the guest goes on after the instruction.
+pub fn guarded(access: impl FnOnce()) -> Result<(), Abort> {
+    ABORT_TAKEN.store(false, Ordering::SeqCst);
+    ABORT_EXPECTED.store(true, Ordering::SeqCst);
+    access();
+    ABORT_EXPECTED.store(false, Ordering::SeqCst);
+    if ABORT_TAKEN.load(Ordering::SeqCst) {
+        Err(Abort { esr: ABORT_ESR.load(Ordering::SeqCst), far: ABORT_FAR.load(Ordering::SeqCst) })
+    } else {
+        Ok(())
+    }
+}
+
 /// Where an exception came from, by vector index.
 fn vector_name(vector: u64) -> (&'static str, &'static str) {
     let kind = ["synchronous", "IRQ", "FIQ", "SError"][(vector % 4) as usize];

@@ -8,6 +8,8 @@
 //! | `probes=a,b,...` | the probes to run, in order ([`crate::probe::Probe`] names); `hostile` stands for every hostile probe; `off` (last) ends the boot with PSCI SYSTEM_OFF, `reset` (last) with PSCI SYSTEM_RESET |
 //! | `expect=tenure` / `expect=native` | what the calls must return: under Tenure (the default) or with no hypervisor of this ABI |
 //! | `secret=ADDR` | the page `secret-write` and `secret-read` use (hex with `0x`, or decimal) instead of the guest's own secret scratch page |
+//! | `tag=N` | the number `el1-state` builds its secrets from (hex with `0x`, or decimal; default 0): guests side by side each take their own |
+//! | `tap=none` | print no TAP (no plan, results or sentinel), only comments and what the probes print: a guest that is no test guest |
 //!
 //! Without `probes=` the guest runs [`DEFAULT_PROBES`].
 
@@ -42,6 +44,10 @@ pub struct Plan<'a> {
     pub expect: Expect,
     /// The `secret=` page, if given.
     pub secret: Option<u64>,
+    /// The `tag=` number.
+    pub tag: u64,
+    /// `tap=none`: no TAP lines.
+    pub quiet: bool,
     /// How the boot ends after the sentinel.
     pub end: End,
 }
@@ -67,6 +73,8 @@ impl<'a> Plan<'a> {
             len: 0,
             expect: Expect::Tenure,
             secret: None,
+            tag: 0,
+            quiet: false,
             end: End::Stop,
         };
         let mut probes = DEFAULT_PROBES;
@@ -83,6 +91,13 @@ impl<'a> Plan<'a> {
                     Some(addr) => plan.secret = Some(addr),
                     None => plan.push(Entry::BadArg(arg)),
                 }
+            } else if let Some(value) = arg.strip_prefix("tag=") {
+                match parse_u64(value) {
+                    Some(tag) => plan.tag = tag,
+                    None => plan.push(Entry::BadArg(arg)),
+                }
+            } else if arg == "tap=none" {
+                plan.quiet = true;
             }
         }
         let mut names = probes.split(',').filter(|n| !n.is_empty()).peekable();

@@ -8,6 +8,8 @@ mod arch;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
+mod hostile;
+#[cfg(target_os = "none")]
 mod run;
 
 #[cfg(not(target_os = "none"))]

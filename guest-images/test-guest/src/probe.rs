@@ -88,6 +88,39 @@ pub enum Probe {
     /// [`bench::POPULATE_PAGES`]: crate::bench::POPULATE_PAGES
     /// [`bench::ROUNDS`]: crate::bench::ROUNDS
     Bench,
+    /// Shares a page, asks to relinquish it (DENIED: a shared page cannot
+    /// be given up), and unshares it: it was still shared.
+    RelinquishShared,
+    /// Asks to relinquish a page of RAM nobody touched (DENIED: the guest
+    /// holds no page there), then to unshare it (DENIED: nothing changed).
+    RelinquishUnbacked,
+    /// Writes a secret built from `tag=` into every EL1 register the
+    /// kernel switches per vCPU, waits until another guest has run on the
+    /// core in between, and reads its own secret back from each: a guest
+    /// beside it that writes its own can neither show through nor be seen.
+    El1State,
+    /// Touches each register the kernel keeps from guests (the EL1
+    /// physical timer, debug breakpoints and watchpoints, MDSCR_EL1, the
+    /// OS lock, the debug ROM address, the PMU, ACTLR_EL1): each access
+    /// must take an undefined instruction exception, so nothing a guest
+    /// writes there reaches another guest or a PD, and nothing they left
+    /// there can be read.
+    Trapped,
+    /// Spins for a while beside a busy guest and checks its share of the
+    /// core: it ran at least 5 % of the time and never waited half a
+    /// second (starvation, not unevenness: `hostile.rs` says why).
+    Fair,
+    /// Touches RAM page after page until the hypervisor refuses one (an
+    /// injected abort): its memory limit. Natively, all RAM is there.
+    Quota,
+    /// An unaligned 8-byte load from the GIC CPU interface page, a
+    /// passthrough device: it must complete (a value or one abort), not
+    /// fault forever.
+    Refault,
+    /// Prints lines a test runner reads: sentinels, results, a kernel
+    /// panic, a PD fault report and a benchmark figure. They reach the console under
+    /// the guest's label, where no runner takes them for its own.
+    Forge,
     /// Reads GICC_IIDR, the GIC CPU interface's identification register,
     /// at the address the device tree gives: a GICv1 or GICv2 interface
     /// must answer. Under Tenure that is the GICV page, which mm maps
@@ -96,7 +129,7 @@ pub enum Probe {
 }
 
 /// The probes `hostile` stands for, in order.
-pub const HOSTILE: [Probe; 10] = [
+pub const HOSTILE: [Probe; 12] = [
     Probe::ShareOutside,
     Probe::ShareTwice,
     Probe::UnshareUnshared,
@@ -107,11 +140,13 @@ pub const HOSTILE: [Probe; 10] = [
     Probe::ShareReserved,
     Probe::ShareBeyondIpa,
     Probe::UnknownCall,
+    Probe::RelinquishShared,
+    Probe::RelinquishUnbacked,
 ];
 
 impl Probe {
     /// Every probe, in the order of the list above.
-    pub const ALL: [Probe; 20] = [
+    pub const ALL: [Probe; 28] = [
         Probe::Print,
         Probe::Meminfo,
         Probe::Share,
@@ -132,6 +167,14 @@ impl Probe {
         Probe::SecretRead,
         Probe::Bench,
         Probe::GiccIidr,
+        Probe::RelinquishShared,
+        Probe::RelinquishUnbacked,
+        Probe::El1State,
+        Probe::Trapped,
+        Probe::Fair,
+        Probe::Quota,
+        Probe::Refault,
+        Probe::Forge,
     ];
 
     /// The probe's name in bootargs and in its TAP line.
@@ -158,6 +201,14 @@ impl Probe {
             Probe::SecretRead => "secret-read",
             Probe::Bench => "bench",
             Probe::GiccIidr => "gicc-iidr",
+            Probe::RelinquishShared => "relinquish-shared",
+            Probe::RelinquishUnbacked => "relinquish-unbacked",
+            Probe::El1State => "el1-state",
+            Probe::Trapped => "trapped",
+            Probe::Fair => "fair",
+            Probe::Quota => "quota",
+            Probe::Refault => "refault",
+            Probe::Forge => "forge",
         }
     }
 
@@ -175,6 +226,7 @@ impl Probe {
         use Page::{Device, LastRam, Outside};
         const SHARE: Call = Call::of(Function::MemShare);
         const UNSHARE: Call = Call::of(Function::MemUnshare);
+        const RELINQUISH: Call = Call::of(Function::MemRelinquish);
         match self {
             Probe::Share => {
                 const { &[Step::new(SHARE, Page::Scratch(Scratch::Shared), Ret::Success)] }
@@ -251,6 +303,23 @@ impl Probe {
                     ]
                 }
             }
+            Probe::RelinquishShared => {
+                const {
+                    &[
+                        Step::new(SHARE, Page::Scratch(Scratch::Refused), Ret::Success),
+                        Step::new(RELINQUISH, Page::Scratch(Scratch::Refused), Ret::Denied),
+                        Step::new(UNSHARE, Page::Scratch(Scratch::Refused), Ret::Success),
+                    ]
+                }
+            }
+            Probe::RelinquishUnbacked => {
+                const {
+                    &[
+                        Step::new(RELINQUISH, LastRam, Ret::Denied),
+                        Step::new(UNSHARE, LastRam, Ret::Denied),
+                    ]
+                }
+            }
             Probe::ShareBeyondIpa => {
                 const { &[Step::new(SHARE, Page::Fixed(BEYOND_IPA), Ret::InvalidParameter)] }
             }
@@ -270,7 +339,13 @@ impl Probe {
             | Probe::Outside
             | Probe::SecretWrite
             | Probe::SecretRead
-            | Probe::GiccIidr => const { &[] },
+            | Probe::GiccIidr
+            | Probe::El1State
+            | Probe::Trapped
+            | Probe::Fair
+            | Probe::Quota
+            | Probe::Refault
+            | Probe::Forge => const { &[] },
         }
     }
 }

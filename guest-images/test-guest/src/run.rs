@@ -3,6 +3,7 @@
 
 use crate::arch::{self, Abort, Conduit};
 use crate::console::{self, println};
+use crate::hostile;
 use core::panic::PanicInfo;
 use core::ptr;
 use fdt::Fdt;
@@ -29,6 +30,10 @@ struct Guest {
     /// The virtual count at the guest's first instruction and right
     /// before its first console byte, for `bench`.
     boot_counts: [u64; 2],
+    /// `tag=`: the number the guest's secrets are built from.
+    tag: u64,
+    /// The end of the memory the image reserves.
+    image_end: u64,
 }
 
 /// Rust entry, from `_start` with the device tree's address, the image's
@@ -84,7 +89,14 @@ extern "C" fn guest_main(dtb: u64, load: u64, el: u64, entry_count: u64) -> ! {
         gicc: gic_cpu_interface(&fdt),
     };
     let first_output = arch::virtual_count();
-    let guest = Guest { layout, expect: plan.expect, el, boot_counts: [entry_count, first_output] };
+    let guest = Guest {
+        layout,
+        expect: plan.expect,
+        el,
+        boot_counts: [entry_count, first_output],
+        tag: plan.tag,
+        image_end: image.end,
+    };
 
     println!(
         "# tenure-test-guest {}: EL{el}, image at {load:#x}..{:#x}, device tree at {dtb:#x}, RAM {:#x}..{:#x}, PL011 at {uart:#x}",
@@ -102,7 +114,11 @@ extern "C" fn guest_main(dtb: u64, load: u64, el: u64, entry_count: u64) -> ! {
 
     let mut out = console::Console;
     let mut tap = Tap::default();
-    let _ = Tap::plan(&mut out, plan.entries().len());
+    // `tap=none`: no TAP, only what the probes print and a comment for
+    // each failure.
+    if !plan.quiet {
+        let _ = Tap::plan(&mut out, plan.entries().len());
+    }
     for entry in plan.entries() {
         let (name, result) = match *entry {
             Entry::Probe(probe) => {
@@ -115,9 +131,15 @@ extern "C" fn guest_main(dtb: u64, load: u64, el: u64, entry_count: u64) -> ! {
             Entry::Unknown(name) => (name, Err(Failure::Unknown)),
             Entry::BadArg(arg) => (arg, Err(Failure::BadArg)),
         };
-        let _ = tap.result(&mut out, name, result);
+        if !plan.quiet {
+            let _ = tap.result(&mut out, name, result);
+        } else if let Err(why) = result {
+            println!("# {name}: {why}");
+        }
     }
-    let _ = tap.finish(&mut out);
+    if !plan.quiet {
+        let _ = tap.finish(&mut out);
+    }
     match plan.end {
         End::Off => power_off(),
         End::Reset => reset(),
@@ -138,6 +160,18 @@ impl Guest {
             Probe::SecretRead => read_zeroed(self.layout.secret, false),
             Probe::Bench => self.bench(probe.steps()),
             Probe::GiccIidr => gicc_iidr(self.layout.gicc),
+            Probe::El1State => hostile::el1_state(self.tag),
+            Probe::Trapped => hostile::trapped(self.expect == Expect::Tenure),
+            Probe::Fair => hostile::fair(self.expect == Expect::Tenure),
+            Probe::Quota => {
+                // From past the image and the device tree to below the
+                // last page of RAM, which other probes name untouched.
+                let from = self.image_end.max(self.layout.dtb[1]).next_multiple_of(GRANULE);
+                let to = self.layout.ram_end - 2 * GRANULE;
+                hostile::quota(from, to, self.expect == Expect::Tenure)
+            }
+            Probe::Refault => hostile::refault(self.layout.gicc),
+            Probe::Forge => hostile::forge(),
             Probe::Share => {
                 self.steps(probe.steps())?;
                 // Shared in place: the page still reads what it is written.

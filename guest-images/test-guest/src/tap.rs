@@ -90,6 +90,38 @@ pub enum Failure {
         /// What it read.
         got: u32,
     },
+    /// A register the kernel switches per vCPU read back another value
+    /// than the guest wrote, after another guest ran.
+    Leaked {
+        /// The register.
+        register: &'static str,
+        /// What it read.
+        got: u64,
+        /// What the guest wrote.
+        want: u64,
+    },
+    /// No other guest ran on the core while the probe waited for one.
+    NeverPreempted,
+    /// An access to a register the kernel keeps from guests did not take
+    /// an undefined instruction exception.
+    NotTrapped {
+        /// The access.
+        access: &'static str,
+        /// ESR_EL1 of the exception it took, or `None` for none.
+        esr: Option<u64>,
+    },
+    /// The guest ran too little of the time, or waited too long.
+    Starved {
+        /// Percent of the time it ran.
+        ran_percent: u64,
+        /// Its longest wait, in microseconds.
+        longest_wait_us: u64,
+    },
+    /// Every page of RAM was given: no memory limit held the guest back.
+    NoLimit {
+        /// Pages touched.
+        pages: u64,
+    },
     /// The guest's memory cannot hold the probes.
     Layout(&'static str),
     /// A probe name the guest does not know.
@@ -152,6 +184,24 @@ impl Display for Failure {
                 f,
                 "GICC_IIDR at {addr:#x} reads {got:#010x}, want architecture version 1 or 2 and an implementer"
             ),
+            Failure::Leaked { register, got, want } => {
+                write!(f, "{register} reads {got:#x} after another guest ran, want {want:#x}")
+            }
+            Failure::NeverPreempted => f.write_str("no other guest ran while this one waited"),
+            Failure::NotTrapped { access, esr: None } => {
+                write!(f, "{access} did not trap")
+            }
+            Failure::NotTrapped { access, esr: Some(esr) } => {
+                write!(f, "{access} took ESR_EL1 {esr:#x}, want an undefined instruction (EC 0)")
+            }
+            Failure::Starved { ran_percent, longest_wait_us } => write!(
+                f,
+                "ran {ran_percent}% of the time, longest wait {longest_wait_us} us, want at least \
+                 5% and at most 500000 us"
+            ),
+            Failure::NoLimit { pages } => {
+                write!(f, "all {pages} pages touched were given: no memory limit")
+            }
             Failure::Layout(why) => f.write_str(why),
             Failure::Unknown => f.write_str("no such probe"),
             Failure::BadArg => f.write_str("cannot read this bootarg"),

@@ -41,6 +41,11 @@
 //! - channel 5 (MONITOR_UNSHARED), to its parent, instead: the same, but
 //!   the VMM reads the page its guest shared and then unshared last. The
 //!   guest took the page back, so that read faults too;
+//! - channel 6 (COLLECTOR), instead of the above, for VMMs that run side
+//!   by side: the VMM's guest's TAP and the VMM's own checks stay on its
+//!   labelled console (nothing on the kernel's), and when its guest stops
+//!   the VMM leaves its counts in the relay page and notifies COLLECTOR,
+//!   which closes the stream;
 //! - a `setvar` `gicv_paddr` (`region_paddr`: the region passed through
 //!   to the VM at the device tree's GIC CPU interface): the guest must
 //!   touch that device, and the VMM checks that mm mapped it on the
@@ -84,6 +89,11 @@ mod pd {
     const MONITOR: Channel = Channel::new(4);
     /// As MONITOR, but the VMM reads the page the guest unshared last.
     const MONITOR_UNSHARED: Channel = Channel::new(5);
+    /// The PD that closes a stream of VMMs running side by side, if any:
+    /// the VMM prints nothing on the kernel's console (its guest's TAP and
+    /// its own checks go to its labelled console), and when its guest
+    /// stops it leaves its counts in the relay page and notifies this.
+    const COLLECTOR: Channel = Channel::new(6);
 
     /// Whether system.xml gives this PD channel `channel` to notify.
     fn has(channel: Channel) -> bool {
@@ -101,10 +111,12 @@ mod pd {
     }
 
     /// The guest's console and the VMM's own lines: the serial PD,
-    /// labelled, but for a test guest's TAP.
+    /// labelled, but for a test guest's TAP (unless `quiet`).
     struct GuestConsole {
         region: &'static Region,
         selftest: SelfTest,
+        /// A COLLECTOR closes the stream: everything stays labelled.
+        quiet: bool,
     }
 
     impl GuestConsole {
@@ -128,7 +140,15 @@ mod pd {
                 let text = core::str::from_utf8(bytes).unwrap_or("?");
                 let _ = writeln!(KernelConsole, "{}", text.trim_end_matches(['\r', '\n']));
             };
-            match self.selftest.route(bytes) {
+            let route = self.selftest.route(bytes);
+            if self.quiet {
+                // Counted, but said only where the guest's label shows.
+                if route != Route::Withheld {
+                    self.writer().write_bytes(bytes);
+                }
+                return;
+            }
+            match route {
                 Route::Console => self.writer().write_bytes(bytes),
                 Route::Tap => tap(bytes),
                 Route::Result { ok, number, rest } => {
@@ -251,7 +271,7 @@ mod pd {
         let vcpu = Vcpu::new(*var!(guest_vcpu: usize = 0));
         let files = files();
         let expect_reset = !files.reset_dtb.is_empty();
-        let selftest = if relay_page().is_some() || expect_reset {
+        let selftest = if relay_page().is_some() || expect_reset || has(COLLECTOR) {
             SelfTest::deferred(Relay::default(), expect_reset)
         } else {
             SelfTest::new()
@@ -262,7 +282,7 @@ mod pd {
             kernel: 0,
             vcpu,
             mm: MM,
-            console: GuestConsole { region, selftest },
+            console: GuestConsole { region, selftest, quiet: has(COLLECTOR) },
             files,
         };
         if !has(PREVIOUS) {
@@ -357,6 +377,21 @@ mod pd {
             let Some(vmm) = &self.vmm else { return };
             let layout = *vmm.layout();
             let page = relay_page();
+            if has(COLLECTOR) {
+                let mut out = Writer::new(self.console.region, || SERIAL.notify());
+                let finished = self.console.selftest.finish(
+                    &layout,
+                    &mut self.mm,
+                    read_window,
+                    false,
+                    &mut out,
+                );
+                if let (Ok(relay), Some(page)) = (finished, page) {
+                    write_relay(page, &relay);
+                }
+                COLLECTOR.notify();
+                return;
+            }
             let monitor = [MONITOR_UNSHARED, MONITOR].into_iter().find(|&c| has(c));
             let hand_on = page.is_some() && (has(NEXT) || monitor.is_some());
             let Ok(mut relay) = self.console.selftest.finish(

@@ -275,6 +275,18 @@ pub const BENCH_PREFIX: &str = "BENCH ";
 /// The line that ends a benchmark's figures.
 pub const BENCH_DONE: &str = "BENCH_DONE";
 
+/// Whether `line` is a figure: `BENCH `, a name of lower-case letters,
+/// digits and `_`, a space and a decimal number, nothing else.
+fn bench_line(line: &str) -> bool {
+    let Some((name, value)) = line.strip_prefix(BENCH_PREFIX).and_then(|r| r.split_once(' '))
+    else {
+        return false;
+    };
+    let name_ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    name_ok && !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A TAP result line: `prefix`, a number, the rest.
 fn result<'a>(line: &'a str, prefix: &str) -> Option<(u32, &'a str)> {
     let rest = line.strip_prefix(prefix)?;
@@ -352,6 +364,11 @@ impl SelfTest {
             return Route::Plan(n.saturating_add(self.checks()));
         }
         if line.starts_with(BENCH_PREFIX) {
+            // Only a figure the VMM can vouch for the shape of reaches the
+            // kernel's console; anything else is an ordinary line.
+            if !bench_line(line) {
+                return Route::Console;
+            }
             self.benchmarking = true;
             return Route::Tap;
         }
@@ -360,7 +377,9 @@ impl SelfTest {
             return Route::BenchDone;
         }
         let ok = result(line, "ok ").map(|r| (true, r));
-        if let Some((ok, (n, rest))) = ok.or_else(|| result(line, "not ok ").map(|r| (false, r))) {
+        let ok = ok.or_else(|| result(line, "not ok ").map(|r| (false, r)));
+        // Results before a plan are no test guest's: ordinary lines.
+        if let Some((ok, (n, rest))) = ok.filter(|_| self.active()) {
             self.printed = self.printed.saturating_add(1);
             self.failed += u32::from(!ok);
             let number = self.base().saturating_add(self.boot_base).saturating_add(n);
@@ -376,7 +395,9 @@ impl SelfTest {
             self.sentinel_failed |= !verdict;
             Route::Withheld
         } else {
-            Route::Tap
+            // A guest that printed no plan is no test guest: its sentinel
+            // is a line of its console like any other, labelled.
+            Route::Console
         }
     }
 
@@ -764,7 +785,7 @@ mod tests {
     fn tap_lines_are_routed_and_the_plan_raised() {
         let mut t = SelfTest::new();
         assert_eq!(t.route(b"# hello\n"), Route::Console);
-        assert_eq!(t.route(b"TEST_PASS\n"), Route::Tap, "no plan: no test guest");
+        assert_eq!(t.route(b"TEST_PASS\n"), Route::Console, "no plan: no test guest");
         assert_eq!(t.route(b"1..5\n"), Route::Plan(5 + CHECKS));
         assert_eq!(
             t.route(b"ok 1 - print\n"),
@@ -930,6 +951,25 @@ mod tests {
         let mut out = String::new();
         assert_eq!(t.finish(&l, &mut mm, |_| 0, true, &mut out), Ok(Relay::default()));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn what_a_guest_could_pass_off_as_the_kernels_stays_on_its_console() {
+        let mut t = SelfTest::new();
+        // No plan: its sentinel is an ordinary line.
+        assert_eq!(t.route(b"TEST_PASS\r\n"), Route::Console);
+        assert_eq!(t.route(b"TEST_FAIL\n"), Route::Console);
+        // Only figures of the documented shape go out as they are.
+        for line in [
+            &b"BENCH x 1 TEST_PASS\n"[..],
+            b"BENCH Evil 1\n",
+            b"BENCH x\n",
+            b"BENCH x 1\x1b[2J\n",
+            b"BENCH  1\n",
+        ] {
+            assert_eq!(t.route(line), Route::Console, "{line:?}");
+        }
+        assert_eq!(t.route(b"BENCH guest_x_2 12\n"), Route::Tap);
     }
 
     /// A guest that did everything the four base checks watch.
